@@ -2,17 +2,34 @@
 //!
 //! `GET /health` -> 200 `{"status":"ok","last_sync":"<RFC 3339>","services_exposed":N,"warnings":M}`
 //! when the last reconcile succeeded, else 503 `{"status":"failing","reason":"...",...}`.
-//! Other paths 404, other methods 405 (with `Allow: GET`). Request bodies are never
+//! Other paths 404, other methods 405 (with `Allow: GET, HEAD`). Request bodies are never
 //! read; headers must arrive within a timeout; concurrent connections are capped.
 
+use std::convert::Infallible;
 use std::future::Future;
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::{Body, Incoming};
+use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONNECTION, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Serialize;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
 
 /// Concurrent /health connections served at most; more wait in the accept queue.
 pub const MAX_CONNECTIONS: usize = 32;
+
+/// A client must send its request headers within this time, and an idle keep-alive
+/// connection is closed after it, so slow or idle clients cannot hold every slot.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HealthState {
@@ -38,12 +55,543 @@ pub async fn serve(
     state: watch::Receiver<HealthState>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let _ = (listener, state, shutdown);
-    todo!()
+    serve_with(
+        listener,
+        state,
+        shutdown,
+        Limits {
+            max_connections: MAX_CONNECTIONS,
+            header_read_timeout: HEADER_READ_TIMEOUT,
+        },
+    )
+    .await
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    max_connections: usize,
+    header_read_timeout: Duration,
+}
+
+async fn serve_with(
+    listener: TcpListener,
+    state: watch::Receiver<HealthState>,
+    shutdown: impl Future<Output = ()>,
+    limits: Limits,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true);
+    // Dropping the set at return aborts the connections still open.
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        while connections.try_join_next().is_some() {}
+        // A slot is taken before accepting, so excess clients wait in the kernel's
+        // backlog instead of being accepted and then starved.
+        let permit = tokio::select! {
+            () = &mut shutdown => return,
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                // Never closed while we hold `slots`; returning is the only sane answer.
+                Err(_) => return,
+            },
+        };
+        let stream = tokio::select! {
+            () = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "/health: accept failed");
+                    drop(permit);
+                    tokio::select! {
+                        () = &mut shutdown => return,
+                        () = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => {}
+                    }
+                    continue;
+                }
+            },
+        };
+        let state = state.clone();
+        let connection = builder.serve_connection(
+            TokioIo::new(stream),
+            hyper::service::service_fn(move |request: Request<Incoming>| {
+                let response = respond(&request, &state.borrow());
+                async move { Ok::<_, Infallible>(response) }
+            }),
+        );
+        connections.spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "/health connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+}
+
+#[derive(Serialize)]
+struct Healthy {
+    status: &'static str,
+    last_sync: Option<String>,
+    services_exposed: usize,
+    warnings: usize,
+}
+
+#[derive(Serialize)]
+struct Failing<'a> {
+    status: &'static str,
+    reason: &'a str,
+    last_sync: Option<String>,
+    services_exposed: usize,
+    warnings: usize,
+}
+
+#[derive(Serialize)]
+struct ErrorBody {
+    error: &'static str,
+}
+
+fn respond(request: &Request<Incoming>, state: &HealthState) -> Response<Full<Bytes>> {
+    let (status, body) = if request.uri().path() != "/health" {
+        (
+            StatusCode::NOT_FOUND,
+            json(&ErrorBody { error: "not found" }),
+        )
+    } else if request.method() != Method::GET && request.method() != Method::HEAD {
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            json(&ErrorBody {
+                error: "method not allowed",
+            }),
+        )
+    } else {
+        let last_sync = state.last_sync.map(rfc3339);
+        match &state.problem {
+            None => (
+                StatusCode::OK,
+                json(&Healthy {
+                    status: "ok",
+                    last_sync,
+                    services_exposed: state.services_exposed,
+                    warnings: state.warnings,
+                }),
+            ),
+            Some(reason) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json(&Failing {
+                    status: "failing",
+                    reason,
+                    last_sync,
+                    services_exposed: state.services_exposed,
+                    warnings: state.warnings,
+                }),
+            ),
+        }
+    };
+    // hyper sends the headers of a HEAD answer (Content-Length included) but no body.
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        headers.insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+    }
+    if !request.body().is_end_stream() {
+        // The body is never read; closing spares hyper from draining it to find the
+        // next request.
+        headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+fn json<T: Serialize>(value: &T) -> Bytes {
+    match serde_json::to_vec(value) {
+        Ok(mut v) => {
+            v.push(b'\n');
+            Bytes::from(v)
+        }
+        // Our types only hold strings and numbers, so this cannot happen; stay valid JSON.
+        Err(_) => Bytes::from_static(b"{\"status\":\"failing\"}\n"),
+    }
 }
 
 /// RFC 3339 UTC with seconds (`2026-11-22T20:15:00Z`), without a date crate.
 pub fn rfc3339(t: SystemTime) -> String {
-    let _ = t;
-    todo!()
+    let secs: i64 = match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        // Before the epoch: round down to the whole second.
+        Err(e) => {
+            let before = e.duration();
+            let whole = i64::try_from(before.as_secs()).unwrap_or(i64::MAX);
+            -whole - i64::from(before.subsec_nanos() > 0)
+        }
+    };
+    let days = secs.div_euclid(86_400);
+    let of_day = secs.rem_euclid(86_400);
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        of_day / 3600,
+        of_day % 3600 / 60,
+        of_day % 60
+    )
+}
+
+/// Days since 1970-01-01 -> (year, month, day) in the proleptic Gregorian calendar
+/// (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097); // [0, 146096]
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
+    let mp = (5 * doy + 2) / 153; // [0, 11], March-based
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::time::Instant;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    use tokio::sync::oneshot;
+
+    use super::*;
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    struct Server {
+        addr: SocketAddr,
+        state: watch::Sender<HealthState>,
+        stop: Option<oneshot::Sender<()>>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    async fn start(initial: HealthState, limits: Limits) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (state, rx) = watch::channel(initial);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve_with(
+            listener,
+            rx,
+            async move {
+                let _ = stopped.await;
+            },
+            limits,
+        ));
+        Server {
+            addr,
+            state,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    const DEFAULT_LIMITS: Limits = Limits {
+        max_connections: MAX_CONNECTIONS,
+        header_read_timeout: HEADER_READ_TIMEOUT,
+    };
+
+    struct Answer {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: String,
+    }
+
+    impl Answer {
+        fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        }
+    }
+
+    /// Sends `request` raw and reads until the server closes (requests say `Connection: close`).
+    async fn exchange(addr: SocketAddr, request: &str) -> Answer {
+        let run = async {
+            let mut s = TcpStream::connect(addr).await.expect("connect");
+            s.write_all(request.as_bytes()).await.expect("write");
+            let mut raw = Vec::new();
+            s.read_to_end(&mut raw).await.expect("read");
+            raw
+        };
+        let raw = tokio::time::timeout(Duration::from_secs(10), run)
+            .await
+            .expect("answered in time");
+        let text = String::from_utf8(raw).expect("utf-8");
+        let (head, body) = text.split_once("\r\n\r\n").expect("head");
+        let mut lines = head.split("\r\n");
+        let status = lines.next().expect("status line")[9..12]
+            .parse()
+            .expect("status");
+        let headers = lines
+            .filter_map(|l| l.split_once(": "))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Answer {
+            status,
+            headers,
+            body: body.to_string(),
+        }
+    }
+
+    fn get(path: &str) -> String {
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    }
+
+    #[test]
+    fn healthy_and_failing_bodies() {
+        rt().block_on(async {
+            let server = start(HealthState::starting(), DEFAULT_LIMITS).await;
+            let a = exchange(server.addr, &get("/health")).await;
+            assert_eq!(a.status, 503);
+            assert_eq!(a.header("content-type"), Some("application/json"));
+            assert_eq!(
+                a.body,
+                "{\"status\":\"failing\",\"reason\":\"starting: first sync with Consul not done yet\",\"last_sync\":null,\"services_exposed\":0,\"warnings\":0}\n"
+            );
+
+            let synced = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+            server.state.send_replace(HealthState {
+                problem: None,
+                last_sync: Some(synced),
+                services_exposed: 3,
+                warnings: 1,
+            });
+            let a = exchange(server.addr, &get("/health?verbose")).await;
+            assert_eq!(a.status, 200);
+            assert_eq!(
+                a.body,
+                "{\"status\":\"ok\",\"last_sync\":\"2023-11-14T22:13:20Z\",\"services_exposed\":3,\"warnings\":1}\n"
+            );
+
+            server.state.send_replace(HealthState {
+                problem: Some("PUT /v1/config: 403 Permission denied".into()),
+                last_sync: Some(synced),
+                services_exposed: 3,
+                warnings: 0,
+            });
+            let a = exchange(server.addr, &get("/health")).await;
+            assert_eq!(a.status, 503);
+            assert_eq!(
+                a.body,
+                "{\"status\":\"failing\",\"reason\":\"PUT /v1/config: 403 Permission denied\",\"last_sync\":\"2023-11-14T22:13:20Z\",\"services_exposed\":3,\"warnings\":0}\n"
+            );
+        });
+    }
+
+    #[test]
+    fn other_paths_404_other_methods_405_head_has_no_body() {
+        rt().block_on(async {
+            let healthy = HealthState {
+                problem: None,
+                last_sync: Some(UNIX_EPOCH),
+                services_exposed: 0,
+                warnings: 0,
+            };
+            let server = start(healthy, DEFAULT_LIMITS).await;
+            let cases = [
+                ("GET /", 404, None, "{\"error\":\"not found\"}\n"),
+                ("GET /healthz", 404, None, "{\"error\":\"not found\"}\n"),
+                (
+                    "POST /health",
+                    405,
+                    Some("GET, HEAD"),
+                    "{\"error\":\"method not allowed\"}\n",
+                ),
+                (
+                    "DELETE /health",
+                    405,
+                    Some("GET, HEAD"),
+                    "{\"error\":\"method not allowed\"}\n",
+                ),
+                ("HEAD /health", 200, None, ""),
+            ];
+            for (line, status, allow, body) in cases {
+                let a = exchange(
+                    server.addr,
+                    &format!("{line} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+                )
+                .await;
+                assert_eq!(a.status, status, "{line}");
+                assert_eq!(a.header("allow"), allow, "{line}");
+                assert_eq!(a.body, body, "{line}");
+            }
+        });
+    }
+
+    #[test]
+    fn request_with_a_body_is_answered_unread_and_closed() {
+        rt().block_on(async {
+            let server = start(HealthState::starting(), DEFAULT_LIMITS).await;
+            // Claims a large body and sends only part of it, without closing: the server
+            // must answer without waiting for it, and close.
+            let run = async {
+                let mut s = TcpStream::connect(server.addr).await.expect("connect");
+                s.write_all(
+                    b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\npartial",
+                )
+                .await
+                .expect("write");
+                let mut raw = Vec::new();
+                s.read_to_end(&mut raw).await.expect("read");
+                String::from_utf8(raw).expect("utf-8")
+            };
+            let text = tokio::time::timeout(Duration::from_secs(10), run)
+                .await
+                .expect("answered and closed without reading the body");
+            assert!(text.starts_with("HTTP/1.1 405"), "{text}");
+            assert!(
+                text.to_ascii_lowercase().contains("connection: close"),
+                "{text}"
+            );
+        });
+    }
+
+    #[test]
+    fn keep_alive_serves_several_requests_on_one_connection() {
+        rt().block_on(async {
+            let server = start(HealthState::starting(), DEFAULT_LIMITS).await;
+            let mut s = TcpStream::connect(server.addr).await.expect("connect");
+            let req = "GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+            let mut seen = String::new();
+            let mut buf = vec![0u8; 4096];
+            for i in 1..=2 {
+                s.write_all(req.as_bytes()).await.expect("write");
+                let read = async {
+                    while seen.matches("HTTP/1.1 503").count() < i || !seen.ends_with("}\n") {
+                        let n = s.read(&mut buf).await.expect("read");
+                        assert!(n > 0, "closed early: {seen}");
+                        seen.push_str(std::str::from_utf8(&buf[..n]).expect("utf-8"));
+                    }
+                };
+                tokio::time::timeout(Duration::from_secs(10), read)
+                    .await
+                    .expect("answer");
+            }
+            assert_eq!(seen.matches("HTTP/1.1 503").count(), 2);
+        });
+    }
+
+    #[test]
+    fn slow_clients_cannot_hold_the_server() {
+        rt().block_on(async {
+            let limits = Limits {
+                max_connections: 2,
+                header_read_timeout: Duration::from_millis(300),
+            };
+            let server = start(HealthState::starting(), limits).await;
+            // Take every slot with clients that never finish their headers.
+            let mut slow = Vec::new();
+            for _ in 0..2 {
+                let mut s = TcpStream::connect(server.addr).await.expect("connect");
+                s.write_all(b"GET /hea").await.expect("write");
+                slow.push(s);
+            }
+            let started = Instant::now();
+            let a = exchange(server.addr, &get("/health")).await;
+            let took = started.elapsed();
+            assert_eq!(a.status, 503);
+            // It had to wait for a slot (the cap holds) and got one once the header timeout
+            // dropped a slow client (the timeout works).
+            assert!(took >= Duration::from_millis(200), "{took:?}");
+            assert!(took < Duration::from_secs(5), "{took:?}");
+            // The slow clients were disconnected.
+            for mut s in slow {
+                let mut buf = [0u8; 1024];
+                let closed = tokio::time::timeout(Duration::from_secs(5), async {
+                    loop {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(_) => {}
+                        }
+                    }
+                })
+                .await;
+                assert!(closed.is_ok(), "slow client still connected");
+            }
+        });
+    }
+
+    #[test]
+    fn one_slow_client_does_not_delay_others() {
+        rt().block_on(async {
+            let server = start(HealthState::starting(), DEFAULT_LIMITS).await;
+            let mut slow = TcpStream::connect(server.addr).await.expect("connect");
+            slow.write_all(b"GET /health HTTP/1.1\r\nHo")
+                .await
+                .expect("write");
+            let started = Instant::now();
+            let a = exchange(server.addr, &get("/health")).await;
+            assert_eq!(a.status, 503);
+            assert!(
+                started.elapsed() < HEADER_READ_TIMEOUT,
+                "waited for the slow client"
+            );
+        });
+    }
+
+    #[test]
+    fn serve_returns_on_shutdown_and_stops_accepting() {
+        rt().block_on(async {
+            let mut server = start(HealthState::starting(), DEFAULT_LIMITS).await;
+            // An idle keep-alive connection must not keep serve from returning.
+            let _idle = TcpStream::connect(server.addr).await.expect("connect");
+            let _ = server.stop.take().expect("stop").send(());
+            tokio::time::timeout(Duration::from_secs(5), &mut server.task)
+                .await
+                .expect("serve returned")
+                .expect("no panic");
+            assert!(TcpStream::connect(server.addr).await.is_err());
+        });
+    }
+
+    #[test]
+    fn rfc3339_of_known_instants() {
+        let at = |secs: i64| {
+            if secs >= 0 {
+                UNIX_EPOCH + Duration::from_secs(secs as u64)
+            } else {
+                UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
+            }
+        };
+        let cases = [
+            (at(0), "1970-01-01T00:00:00Z"),
+            (at(951_782_400), "2000-02-29T00:00:00Z"),
+            (at(951_782_400 - 1), "2000-02-28T23:59:59Z"),
+            (at(1_700_000_000), "2023-11-14T22:13:20Z"),
+            (at(1_795_378_500), "2026-11-22T20:15:00Z"),
+            (at(4_107_542_400), "2100-03-01T00:00:00Z"),
+            (at(4_107_542_400 - 86_400), "2100-02-28T00:00:00Z"),
+            (at(-1), "1969-12-31T23:59:59Z"),
+            (at(-2_208_988_800), "1900-01-01T00:00:00Z"),
+            (
+                at(1_700_000_000) + Duration::from_millis(999),
+                "2023-11-14T22:13:20Z",
+            ),
+            (
+                UNIX_EPOCH - Duration::from_millis(500),
+                "1969-12-31T23:59:59Z",
+            ),
+        ];
+        for (t, want) in cases {
+            assert_eq!(rfc3339(t), want);
+        }
+    }
 }

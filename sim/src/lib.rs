@@ -4,12 +4,41 @@
 //! It runs its own tokio runtime on a background thread, so tests, the demo and the
 //! benchmark drive it with plain synchronous calls while the daemon under test runs as a
 //! separate process. It binds port 0 unless told otherwise. Dropping the [`Sim`] stops it.
+//!
+//! How the pieces fit: `server` owns the listener, TLS and connection bookkeeping and
+//! hands each request to `http`, which routes it, applies faults and Consul's parsing
+//! order, and calls the handlers. Reads run through `blocking` (index- or hash-based
+//! long polls woken per table); writes go through `state`, which keeps the Raft-like
+//! indexes and reports which tables changed. Config entries are decoded, validated and
+//! rendered by `entries` (with `dns` for host names and the protocol graph checks);
+//! agent registrations by `agent`; `filter` is the `filter=` language, `acl` the token
+//! rules and texts, `checks` the HTTP check runner and `pki` the TLS material. The
+//! control methods of [`Sim`] lock the same state the server uses, so a test's change is
+//! visible to the very next request, and blocked queries wake as if a client wrote it.
+
+#![forbid(unsafe_code)]
+
+mod acl;
+mod agent;
+mod blocking;
+mod checks;
+mod dns;
+mod entries;
+mod filter;
+mod http;
+mod pki;
+mod server;
+mod state;
+mod util;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+use crate::server::{Cmd, Settings, Shared};
 
 /// How to start the simulator.
 #[derive(Debug, Clone)]
@@ -141,147 +170,268 @@ pub struct TestPki {
 }
 
 impl TestPki {
+    /// Generates the PKI under `dir` (created if needed). Panics when that fails: it is
+    /// test set-up, and there is nothing a test could do instead.
     pub fn generate(dir: PathBuf) -> TestPki {
-        let _ = dir;
-        todo!()
+        let files = match pki::generate(&dir) {
+            Ok(f) => f,
+            Err(e) => panic!("consul-sim: test PKI: {e}"),
+        };
+        TestPki {
+            dir,
+            ca_cert: files.ca_cert,
+            server_cert: files.server_cert,
+            server_key: files.server_key,
+            client_cert: files.client_cert,
+            client_key: files.client_key,
+            other_ca_cert: files.other_ca_cert,
+        }
     }
     /// Server TLS options; `mutual` requires client certificates signed by the CA.
     pub fn server_tls(&self, mutual: bool) -> TlsOptions {
-        let _ = mutual;
-        todo!()
+        let read = |path: &PathBuf| match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) => panic!("consul-sim: read {}: {e}", path.display()),
+        };
+        TlsOptions {
+            cert_pem: read(&self.server_cert),
+            key_pem: read(&self.server_key),
+            client_ca_pem: mutual.then(|| read(&self.ca_cert)),
+        }
     }
 }
 
 /// A running simulator.
-pub struct Sim {}
+pub struct Sim {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    tls: bool,
+    commands: tokio::sync::mpsc::UnboundedSender<Cmd>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// How long a listener command may take before the caller gives up waiting.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Sim {
+    /// Starts the server thread and waits until it listens. Panics when it cannot
+    /// (bad TLS material, address in use): a test cannot run without it.
     pub fn start(options: SimOptions) -> Sim {
-        let _ = options;
-        todo!()
+        let acceptor = options.tls.as_ref().map(|t| match pki::acceptor(t) {
+            Ok(a) => a,
+            Err(e) => panic!("consul-sim: invalid TLS options: {e}"),
+        });
+        let shared = Arc::new(Shared::new(Settings {
+            acl: options.acl,
+            max_wait: options.max_wait,
+            default_wait: options.default_wait,
+            jitter: options.jitter,
+            run_checks: options.run_checks,
+        }));
+        let (commands, command_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread_shared = Arc::clone(&shared);
+        let addr = options.addr;
+        let spawned = std::thread::Builder::new()
+            .name("consul-sim".to_string())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        // `start` waits on this channel; if it is gone there is no one to tell.
+                        let _ = ready_tx.send(Err(format!("runtime: {e}")));
+                        return;
+                    }
+                };
+                runtime.block_on(server::run(
+                    thread_shared,
+                    addr,
+                    acceptor,
+                    command_rx,
+                    ready_tx,
+                ));
+            });
+        let thread = match spawned {
+            Ok(t) => t,
+            Err(e) => panic!("consul-sim: cannot start the server thread: {e}"),
+        };
+        let addr = match ready_rx.recv() {
+            Ok(Ok(addr)) => addr,
+            Ok(Err(e)) => panic!("consul-sim: {e}"),
+            Err(_) => panic!("consul-sim: the server thread exited before listening"),
+        };
+        Sim {
+            shared,
+            addr,
+            tls: options.tls.is_some(),
+            commands,
+            thread: Some(thread),
+        }
     }
     pub fn addr(&self) -> SocketAddr {
-        todo!()
+        self.addr
     }
     /// `http://127.0.0.1:<port>` (or `https://`).
     pub fn url(&self) -> String {
-        todo!()
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    fn mutate(&self, f: impl FnOnce(&mut state::State) -> state::Changes) {
+        let changes = f(&mut self.shared.lock());
+        self.shared.notify(changes);
     }
 
     // --- catalog (services on other nodes) ---
     pub fn add_service(&self, spec: ServiceSpec) {
-        let _ = spec;
-        todo!()
+        self.mutate(|s| s.add_service(&spec));
     }
     /// Replaces the tags of the instance `id` on `node`; bumps the services index.
     pub fn set_service_tags(&self, node: &str, id: &str, tags: &[&str]) {
-        let _ = (node, id, tags);
-        todo!()
+        self.mutate(|s| s.set_service_tags(node, id, tags));
     }
     pub fn remove_service(&self, node: &str, id: &str) {
-        let _ = (node, id);
-        todo!()
+        self.mutate(|s| s.remove_service(node, id));
     }
 
     // --- config entries (no ACL; same validation as PUT /v1/config) ---
     /// Ok(true) written or identical, Ok(false) CAS miss, Err((status, text)) rejected.
     pub fn put_config(&self, entry: Value, cas: Option<u64>) -> Result<bool, (u16, String)> {
-        let _ = (entry, cas);
-        todo!()
+        let enterprise = self.shared.lock().enterprise;
+        let mut entry = entries::decode(&entry, enterprise).map_err(|e| (400, e))?;
+        entries::normalize(&mut entry);
+        entries::validate(&entry).map_err(|e| (500, e))?;
+        let (outcome, changes) = self.shared.lock().write_entry(&entry, cas);
+        self.shared.notify(changes);
+        match outcome {
+            state::WriteOutcome::Done { reply, .. } => Ok(reply),
+            state::WriteOutcome::Rejected(e) => Err((500, e)),
+        }
     }
     /// The entry as `GET /v1/config/<kind>/<name>` returns it.
     pub fn config(&self, kind: &str, name: &str) -> Option<Value> {
-        let _ = (kind, name);
-        todo!()
+        self.shared.lock().entry_json(kind, name)
     }
+    /// Removes the entry as an operator with full rights would, without the graph
+    /// validation a `DELETE` runs (tests use it to create states the API would refuse).
     pub fn delete_config(&self, kind: &str, name: &str) {
-        let _ = (kind, name);
-        todo!()
+        self.mutate(|s| s.delete_entry(kind, name, None, false).1);
     }
 
     // --- the local agent ---
     /// The service as `GET /v1/agent/service/<id>` returns it.
     pub fn agent_service(&self, id: &str) -> Option<Value> {
-        let _ = id;
-        todo!()
+        let state = self.shared.lock();
+        let svc = state.agent_services.get(id)?;
+        let mut body = agent::agent_service_json(svc);
+        let hash = agent::content_hash(&body);
+        body.insert("ContentHash".to_string(), Value::String(hash));
+        Some(Value::Object(body))
     }
     /// Check definitions and states of agent services, as `GET /v1/agent/checks` returns them.
     pub fn agent_checks(&self) -> Value {
-        todo!()
+        let state = self.shared.lock();
+        Value::Object(http::checks_map(&state, &acl::Authz::allow_all(), None).0)
     }
     /// Status of a check ("passing", "warning", "critical").
     pub fn check_status(&self, check_id: &str) -> Option<String> {
-        let _ = check_id;
-        todo!()
+        self.shared
+            .lock()
+            .agent_checks
+            .get(check_id)
+            .map(|c| c.status.clone())
     }
     /// The agent forgets every service registered through it (dev-mode restart, reaping);
     /// catalog and hash-blocking watchers see it.
     pub fn agent_forget_services(&self) {
-        todo!()
+        self.mutate(|s| s.forget_agent_services());
+    }
+
+    fn command(&self, make: impl FnOnce(std::sync::mpsc::Sender<()>) -> Cmd) {
+        let (ack, done) = std::sync::mpsc::channel();
+        if self.commands.send(make(ack)).is_ok() {
+            // A timeout means the server thread is stuck or gone; the caller's next
+            // observation will show it, so there is nothing better to do here.
+            let _ = done.recv_timeout(COMMAND_TIMEOUT);
+        }
     }
     /// Stops accepting and closes every open connection (the port stays reserved).
     pub fn stop_listening(&self) {
-        todo!()
+        self.command(Cmd::StopListening);
     }
     /// Listens again on the same address.
     pub fn start_listening(&self) {
-        todo!()
+        self.command(Cmd::StartListening);
     }
     /// Agent restart in dev mode: stop listening, forget agent services, listen again.
     pub fn restart_agent(&self) {
-        todo!()
+        self.stop_listening();
+        self.agent_forget_services();
+        self.start_listening();
     }
 
     // --- faults ---
     pub fn inject(&self, fault: Fault) {
-        let _ = fault;
-        todo!()
+        self.shared.lock().faults.push(fault);
     }
     pub fn clear_faults(&self) {
-        todo!()
+        self.shared.lock().faults.clear();
     }
     /// Snapshot restore: every index goes back to a small value (data kept); blocked
     /// queries are woken.
     pub fn reset_index(&self) {
-        todo!()
+        self.shared.lock().reset_index();
+        self.shared.abandon();
     }
     /// Error bodies gain `rpc error making call: ` prefixes, as through a client agent.
     pub fn set_rpc_error_prefix(&self, on: bool) {
-        let _ = on;
-        todo!()
+        self.shared.lock().rpc_prefix = on;
     }
     /// `limits.http_max_conns_per_client`: excess connections answer 429.
     pub fn set_max_conns_per_client(&self, limit: Option<usize>) {
-        let _ = limit;
-        todo!()
+        self.shared.lock().max_conns_per_client = limit;
     }
     /// Consul CE (default) rejects `ns`/`partition`; Enterprise accepts them.
     pub fn set_enterprise(&self, on: bool) {
-        let _ = on;
-        todo!()
+        self.shared.lock().enterprise = on;
     }
 
     // --- ACL ---
-    /// Creates or replaces a token (its secret) with the given rules.
+    /// Creates or replaces a token (its secret) with the given rules. The secret
+    /// `anonymous` sets the rules of requests that carry no token.
     pub fn set_token(&self, secret: &str, rules: Vec<Rule>) {
-        let _ = (secret, rules);
-        todo!()
+        self.shared.lock().tokens.insert(secret.to_string(), rules);
     }
 
     // --- observation ---
     pub fn requests(&self) -> Vec<RequestRecord> {
-        todo!()
+        self.shared.lock().log.clone()
     }
     /// Config-entry writes and agent registrations that changed state.
     pub fn state_changing_writes(&self) -> u64 {
-        todo!()
+        self.shared.lock().writes
     }
     /// Connections currently open to the simulator.
     pub fn open_connections(&self) -> usize {
-        todo!()
+        self.shared.open_connections()
     }
     /// Current services-table and config-entries-table indexes.
     pub fn indexes(&self) -> (u64, u64) {
-        todo!()
+        let state = self.shared.lock();
+        (state.services_index, state.config_index)
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        // Ending the runtime drops every task, which closes every connection.
+        // A failed send means the thread already ended; a panic in it has been reported.
+        let _ = self.commands.send(Cmd::Shutdown);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }

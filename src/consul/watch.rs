@@ -6,46 +6,236 @@
 //! - a token bucket limits how fast requests are re-issued under churn;
 //! - after an error, the next request waits a jittered exponential backoff (cap 30 s);
 //! - the client timeout is `wait + wait/16 + margin`.
+//!
+//! Rate limit choice: a bucket of 8 tokens refilled one per 250 ms. Consul's docs suggest
+//! a burst of 2 degrading to one request per 15 s, but the daemon debounces changes
+//! itself and must react to a tag edit within a second; at most 4 requests/s per watch
+//! (a handful of watches) is negligible load for an agent, and it still turns a
+//! misbehaving endpoint that answers at once with an unchanged index into a slow loop
+//! rather than a hot one. The burst of 8 lets index resets and short bursts of changes
+//! through without delay.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::consul::client::{Connection, ConsulError, Response};
+use tokio::time::Instant;
+
+use crate::consul::client::{Connection, ConsulError, ErrorKind, Response, REQUEST_TIMEOUT};
 
 /// Blocking wait asked of Consul.
 pub const WAIT: Duration = Duration::from_secs(300);
 
-pub struct BlockingWatch {}
+/// Added to `wait + wait/16` (Consul's jitter) for the client timeout: network and
+/// server scheduling slack.
+const TIMEOUT_MARGIN: Duration = Duration::from_secs(10);
+
+const BUCKET_BURST: u32 = 8;
+const BUCKET_REFILL: Duration = Duration::from_millis(250);
+
+const BACKOFF_BASE: Duration = Duration::from_millis(250);
+const BACKOFF_CAP: Duration = Duration::from_secs(30);
+
+pub struct BlockingWatch {
+    connection: Connection,
+    path_and_query: String,
+    /// `GET /path`, for errors raised here.
+    endpoint: String,
+    wait: Duration,
+    /// Index sent with the next request; 0 means a non-blocking read.
+    index: u64,
+    /// Index of the last answer returned by [`BlockingWatch::next`].
+    reported: Option<u64>,
+    bucket: TokenBucket,
+    backoff: Backoff,
+    /// Set by a failure: how long to wait before the next request.
+    pending_backoff: Option<Duration>,
+}
 
 impl BlockingWatch {
     /// `path_and_query` is the endpoint with its own parameters, e.g.
     /// `/v1/catalog/services?filter=...`; `index`/`wait` are appended.
     pub fn new(connection: Connection, path_and_query: String) -> BlockingWatch {
-        let _ = (connection, path_and_query);
-        todo!()
+        BlockingWatch::with_wait(connection, path_and_query, WAIT)
+    }
+
+    /// As [`BlockingWatch::new`] with another blocking wait (tests, short-lived reads).
+    pub fn with_wait(
+        connection: Connection,
+        path_and_query: String,
+        wait: Duration,
+    ) -> BlockingWatch {
+        let path = path_and_query
+            .split_once('?')
+            .map_or(path_and_query.as_str(), |(p, _)| p);
+        BlockingWatch {
+            endpoint: format!("GET {path}"),
+            connection,
+            path_and_query,
+            wait,
+            index: 0,
+            reported: None,
+            bucket: TokenBucket::new(BUCKET_BURST, BUCKET_REFILL, Instant::now()),
+            backoff: Backoff::new(),
+            pending_backoff: None,
+        }
     }
 
     /// The next answer whose index differs from the last one reported (the first call
     /// answers at once). Status 200 or 404. On error, returns the error; the following
     /// call first waits the backoff. Never returns the same index twice in a row.
     pub async fn next(&mut self) -> Result<Response, ConsulError> {
-        todo!()
+        loop {
+            if let Some(delay) = self.pending_backoff.take() {
+                tokio::time::sleep(delay).await;
+            }
+            self.bucket.take().await;
+            let (url, timeout) = self.request_target();
+            let response = match self.connection.get(&url, timeout).await {
+                Ok(response) => response,
+                Err(e) => return Err(self.failed(e)),
+            };
+            let Some(index) = response.index else {
+                // Without an index we could only poll in a loop: treat it as a fault.
+                return Err(self.failed(ConsulError {
+                    endpoint: self.endpoint.clone(),
+                    kind: ErrorKind::Decode(format!(
+                        "status {} without an X-Consul-Index header",
+                        response.status
+                    )),
+                }));
+            };
+            self.backoff.reset();
+            if index < self.index {
+                // Snapshot restore or similar: the old index would block for a full wait
+                // every time. Start over with a non-blocking read.
+                tracing::debug!(endpoint = %self.endpoint, sent = self.index, got = index, "index went backwards; re-reading");
+                self.index = 0;
+                continue;
+            }
+            self.index = index.max(1);
+            if self.reported == Some(index) {
+                continue;
+            }
+            self.reported = Some(index);
+            return Ok(response);
+        }
+    }
+
+    /// The URL and client timeout of the next request.
+    fn request_target(&self) -> (String, Duration) {
+        if self.index == 0 {
+            // Non-blocking: Consul answers at once, so the ordinary timeout applies.
+            return (self.path_and_query.clone(), REQUEST_TIMEOUT);
+        }
+        let sep = if self.path_and_query.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        let url = format!(
+            "{}{sep}index={}&wait={}",
+            self.path_and_query,
+            self.index,
+            go_duration(self.wait)
+        );
+        (url, self.wait + self.wait / 16 + TIMEOUT_MARGIN)
+    }
+
+    fn failed(&mut self, e: ConsulError) -> ConsulError {
+        self.pending_backoff = Some(self.backoff.next_delay());
+        e
+    }
+}
+
+/// Consul parses `wait` with Go's `time.ParseDuration`.
+fn go_duration(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis().max(1))
+    }
+}
+
+/// Requests allowed now: `burst` at once, then one per `refill`.
+struct TokenBucket {
+    tokens: u32,
+    burst: u32,
+    refill: Duration,
+    /// When the last token was credited (the bucket is full when `tokens == burst`).
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn new(burst: u32, refill: Duration, now: Instant) -> TokenBucket {
+        TokenBucket {
+            tokens: burst,
+            burst,
+            refill,
+            last: now,
+        }
+    }
+
+    /// Takes a token, or says how long until the next one.
+    fn try_take(&mut self, now: Instant) -> Result<(), Duration> {
+        let earned = now.saturating_duration_since(self.last).as_nanos() / self.refill.as_nanos();
+        let missing = self.burst - self.tokens;
+        if earned >= u128::from(missing) {
+            self.tokens = self.burst;
+            self.last = now;
+        } else if earned > 0 {
+            // earned < missing <= burst: the cast and the multiplication are small.
+            let earned = earned as u32;
+            self.tokens += earned;
+            self.last += self.refill * earned;
+        }
+        if self.tokens > 0 {
+            self.tokens -= 1;
+            Ok(())
+        } else {
+            Err((self.last + self.refill).saturating_duration_since(now))
+        }
+    }
+
+    async fn take(&mut self) {
+        while let Err(wait) = self.try_take(Instant::now()) {
+            tokio::time::sleep(wait).await;
+        }
     }
 }
 
 /// Jittered exponential backoff: 250 ms doubling to a 30 s cap, reset on success.
-pub struct Backoff {}
+///
+/// "Equal jitter": each delay is drawn from `[d/2, d]` for the nominal delay `d`, so
+/// clients that failed together spread out while the delay still grows predictably.
+pub struct Backoff {
+    attempt: u32,
+    rng: XorShift,
+}
 
 impl Backoff {
     pub fn new() -> Backoff {
-        todo!()
+        Backoff {
+            attempt: 0,
+            rng: XorShift::seeded(),
+        }
     }
     /// The next delay (and advances).
     pub fn next_delay(&mut self) -> Duration {
-        todo!()
+        let nominal = nominal_delay(self.attempt);
+        self.attempt = self.attempt.saturating_add(1);
+        let half = nominal / 2;
+        let spread = half.as_nanos() as u64 + 1;
+        half + Duration::from_nanos(self.rng.next() % spread)
     }
     pub fn reset(&mut self) {
-        todo!()
+        self.attempt = 0;
     }
+}
+
+/// 250 ms * 2^attempt, capped at 30 s.
+fn nominal_delay(attempt: u32) -> Duration {
+    // 2^7 * 250 ms = 32 s is already past the cap; stop shifting there.
+    let factor = 1u32 << attempt.min(7);
+    (BACKOFF_BASE * factor).min(BACKOFF_CAP)
 }
 
 impl Default for Backoff {
@@ -54,27 +244,387 @@ impl Default for Backoff {
     }
 }
 
+/// xorshift64*: plenty for jitter, and no shared generator.
+struct XorShift(u64);
+
+impl XorShift {
+    /// Seeded from the clock and a stack address, so two daemons started in the same
+    /// nanosecond (or a clock stuck at the epoch) still differ.
+    fn seeded() -> XorShift {
+        let marker = 0u8;
+        let address = std::ptr::addr_of!(marker) as usize as u64;
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        XorShift::from_seed(nanos ^ address.rotate_left(32))
+    }
+
+    fn from_seed(seed: u64) -> XorShift {
+        // splitmix64 scrambles a low-entropy seed; xorshift must not start at 0.
+        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        XorShift(if z == 0 { 0x2545_F491_4F6C_DD1D } else { z })
+    }
+
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
 /// Logs a problem once per change of state: a new or different message is logged at
 /// `warn`/`error`, the same message again is not, and recovery is logged once at `info`.
-pub struct ProblemLog {}
+pub struct ProblemLog {
+    what: &'static str,
+    current: Option<String>,
+    /// How many lines were logged, by kind; lets tests check the state machine.
+    warnings_logged: u64,
+    recoveries_logged: u64,
+}
 
 impl ProblemLog {
     /// `what` names the activity ("watch catalog services", "write config entry").
     pub fn new(what: &'static str) -> ProblemLog {
-        let _ = what;
-        todo!()
+        ProblemLog {
+            what,
+            current: None,
+            warnings_logged: 0,
+            recoveries_logged: 0,
+        }
     }
     /// Logs `err` unless the same message was the last one logged.
     pub fn failed(&mut self, err: &ConsulError) {
-        let _ = err;
-        todo!()
+        let message = err.to_string();
+        if self.current.as_deref() == Some(message.as_str()) {
+            return;
+        }
+        tracing::warn!(activity = self.what, error = %message, "Consul request failed; retrying with backoff");
+        self.warnings_logged += 1;
+        self.current = Some(message);
     }
     /// Logs recovery if the last state was a failure.
     pub fn ok(&mut self) {
-        todo!()
+        if self.current.take().is_some() {
+            tracing::info!(activity = self.what, "Consul request succeeded again");
+            self.recoveries_logged += 1;
+        }
     }
     /// The current problem, if any (for /health).
     pub fn current(&self) -> Option<&str> {
-        todo!()
+        self.current.as_deref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consul::client::test_server::{reply, tcp_config, Step, TestServer};
+    use crate::consul::client::Client;
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    async fn watch(script: Vec<Step>, path: &str) -> (TestServer, BlockingWatch) {
+        let server = TestServer::start(script).await;
+        let client = Client::new(&tcp_config(server.addr)).expect("client");
+        let watch = BlockingWatch::new(client.connection("test"), path.to_string());
+        (server, watch)
+    }
+
+    fn uris(server: &mut TestServer) -> Vec<String> {
+        server.drain().into_iter().map(|s| s.uri).collect()
+    }
+
+    #[test]
+    fn first_answer_at_once_even_404_then_blocking_and_unchanged_index_skipped() {
+        rt().block_on(async {
+            let (mut server, mut w) = watch(
+                vec![
+                    reply(404, Some(5), "Config entry not found"),
+                    reply(200, Some(5), "{}"),
+                    reply(200, Some(6), "{\"Config\":{}}"),
+                ],
+                "/v1/config/proxy-defaults/global",
+            )
+            .await;
+            let first = w.next().await.expect("first");
+            assert_eq!((first.status, first.index), (404, Some(5)));
+            let second = w.next().await.expect("second");
+            assert_eq!((second.status, second.index), (200, Some(6)));
+            assert_eq!(&second.body[..], b"{\"Config\":{}}");
+            assert_eq!(
+                uris(&mut server),
+                vec![
+                    "/v1/config/proxy-defaults/global",
+                    "/v1/config/proxy-defaults/global?index=5&wait=300s",
+                    "/v1/config/proxy-defaults/global?index=5&wait=300s",
+                ]
+            );
+        });
+    }
+
+    #[test]
+    fn index_going_backwards_resets_and_re_reads_at_once() {
+        rt().block_on(async {
+            let (mut server, mut w) = watch(
+                vec![
+                    reply(200, Some(10), "a"),
+                    reply(200, Some(4), "stale"),
+                    reply(200, Some(4), "b"),
+                    reply(200, Some(5), "c"),
+                ],
+                "/v1/catalog/services?filter=ServiceKind%20%3D%3D%20%22%22",
+            )
+            .await;
+            assert_eq!(w.next().await.expect("first").index, Some(10));
+            let after_reset = w.next().await.expect("after reset");
+            assert_eq!(
+                (after_reset.index, &after_reset.body[..]),
+                (Some(4), &b"b"[..])
+            );
+            assert_eq!(w.next().await.expect("third").index, Some(5));
+            let f = "/v1/catalog/services?filter=ServiceKind%20%3D%3D%20%22%22";
+            assert_eq!(
+                uris(&mut server),
+                vec![
+                    f.to_string(),
+                    format!("{f}&index=10&wait=300s"),
+                    f.to_string(),
+                    format!("{f}&index=4&wait=300s"),
+                ]
+            );
+        });
+    }
+
+    #[test]
+    fn index_zero_is_never_sent_after_the_first_answer() {
+        rt().block_on(async {
+            let (mut server, mut w) = watch(
+                vec![reply(200, Some(0), "a"), reply(200, Some(1), "b")],
+                "/v1/config/service-defaults",
+            )
+            .await;
+            assert_eq!(w.next().await.expect("first").index, Some(0));
+            assert_eq!(w.next().await.expect("second").index, Some(1));
+            assert_eq!(
+                uris(&mut server),
+                vec![
+                    "/v1/config/service-defaults",
+                    "/v1/config/service-defaults?index=1&wait=300s",
+                ]
+            );
+        });
+    }
+
+    #[test]
+    fn error_then_backoff_then_success() {
+        rt().block_on(async {
+            let (mut server, mut w) = watch(
+                vec![
+                    reply(500, None, "No cluster leader"),
+                    reply(200, Some(3), "a"),
+                    reply(200, Some(4), "b"),
+                ],
+                "/v1/catalog/services",
+            )
+            .await;
+            let err = w.next().await.expect_err("500");
+            assert_eq!(
+                err.to_string(),
+                "GET /v1/catalog/services: 500 No cluster leader"
+            );
+            let started = Instant::now();
+            assert_eq!(w.next().await.expect("recovered").index, Some(3));
+            let waited = started.elapsed();
+            // First backoff: nominal 250 ms with equal jitter, so at least 125 ms.
+            assert!(
+                waited >= Duration::from_millis(125) && waited < Duration::from_secs(5),
+                "{waited:?}"
+            );
+            // Success reset the backoff: the next request is not delayed by it.
+            assert!(w.pending_backoff.is_none());
+            assert_eq!(w.backoff.attempt, 0);
+            assert_eq!(w.next().await.expect("next").index, Some(4));
+            assert_eq!(uris(&mut server).len(), 3);
+        });
+    }
+
+    #[test]
+    fn unchanged_answers_are_rate_limited_by_the_bucket() {
+        rt().block_on(async {
+            // A server that ignores `wait` and answers at once with the same index.
+            let mut script = vec![reply(200, Some(5), "a"); 11];
+            script.push(reply(200, Some(6), "b"));
+            let (mut server, mut w) = watch(script, "/v1/catalog/services").await;
+            let started = Instant::now();
+            assert_eq!(w.next().await.expect("first").index, Some(5));
+            assert_eq!(w.next().await.expect("changed").index, Some(6));
+            let took = started.elapsed();
+            // 12 requests, 8 from the burst: the other 4 wait a refill each.
+            assert_eq!(server.drain().len(), 12);
+            assert!(
+                took >= Duration::from_millis(950) && took < Duration::from_secs(5),
+                "{took:?}"
+            );
+        });
+    }
+
+    #[test]
+    fn answer_without_index_is_an_error_not_a_poll_loop() {
+        rt().block_on(async {
+            let (_server, mut w) =
+                watch(vec![reply(404, None, "Invalid URL path")], "/v1/nope?x=1").await;
+            let err = w.next().await.expect_err("no index");
+            assert_eq!(err.endpoint, "GET /v1/nope");
+            assert!(matches!(err.kind, ErrorKind::Decode(_)), "{err:?}");
+            assert!(w.pending_backoff.is_some());
+        });
+    }
+
+    #[test]
+    fn request_target_and_timeout_follow_the_index() {
+        rt().block_on(async {
+            let server = TestServer::start(vec![]).await;
+            let client = Client::new(&tcp_config(server.addr)).expect("client");
+            let mut w = BlockingWatch::new(client.connection("t"), "/v1/catalog/services".into());
+            assert_eq!(
+                w.request_target(),
+                ("/v1/catalog/services".to_string(), REQUEST_TIMEOUT)
+            );
+            w.index = 42;
+            assert_eq!(
+                w.request_target(),
+                (
+                    "/v1/catalog/services?index=42&wait=300s".to_string(),
+                    Duration::from_millis(300_000 + 18_750 + 10_000)
+                )
+            );
+            let mut short = BlockingWatch::with_wait(
+                client.connection("t"),
+                "/v1/x?a=b".into(),
+                Duration::from_millis(1500),
+            );
+            short.index = 7;
+            assert_eq!(short.request_target().0, "/v1/x?a=b&index=7&wait=1500ms");
+        });
+    }
+
+    #[test]
+    fn token_bucket_bursts_then_refills_one_per_period() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut b = TokenBucket::new(8, ms(250), t0);
+        for i in 0..8 {
+            assert_eq!(b.try_take(t0), Ok(()), "burst token {i}");
+        }
+        assert_eq!(b.try_take(t0), Err(ms(250)));
+        assert_eq!(b.try_take(t0 + ms(100)), Err(ms(150)));
+        assert_eq!(b.try_take(t0 + ms(250)), Ok(()));
+        assert_eq!(b.try_take(t0 + ms(260)), Err(ms(240)));
+        // Two periods idle earn two tokens, not more.
+        assert_eq!(b.try_take(t0 + ms(750)), Ok(()));
+        assert_eq!(b.try_take(t0 + ms(750)), Ok(()));
+        assert_eq!(b.try_take(t0 + ms(750)), Err(ms(250)));
+        // A long idle time refills to the burst and no further.
+        let later = t0 + Duration::from_secs(3600);
+        for i in 0..8 {
+            assert_eq!(b.try_take(later), Ok(()), "refilled token {i}");
+        }
+        assert!(b.try_take(later).is_err());
+    }
+
+    #[test]
+    fn backoff_doubles_with_equal_jitter_up_to_the_cap_and_resets() {
+        let nominal_ms = [
+            250u64, 500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000,
+        ];
+        assert_eq!(
+            (0..10)
+                .map(|a| nominal_delay(a).as_millis() as u64)
+                .collect::<Vec<_>>(),
+            nominal_ms
+        );
+        assert_eq!(nominal_delay(u32::MAX), BACKOFF_CAP);
+        let mut b = Backoff::new();
+        for round in 0..2 {
+            for (i, n) in nominal_ms.iter().enumerate() {
+                let d = b.next_delay();
+                let n = Duration::from_millis(*n);
+                assert!(
+                    d >= n / 2 && d <= n,
+                    "round {round} attempt {i}: {d:?} vs {n:?}"
+                );
+            }
+            for _ in 0..100 {
+                assert!(b.next_delay() <= BACKOFF_CAP);
+            }
+            b.reset();
+        }
+    }
+
+    #[test]
+    fn backoff_jitter_varies() {
+        let mut b = Backoff::new();
+        let delays: std::collections::BTreeSet<Duration> = (0..20)
+            .map(|_| {
+                b.attempt = 7;
+                b.next_delay()
+            })
+            .collect();
+        assert!(delays.len() > 10, "{delays:?}");
+        let mut x = XorShift::from_seed(0);
+        assert_ne!(x.next(), 0);
+    }
+
+    fn err(message: &str) -> ConsulError {
+        ConsulError {
+            endpoint: "GET /v1/catalog/services".into(),
+            kind: ErrorKind::Connect(message.into()),
+        }
+    }
+
+    #[test]
+    fn problem_log_logs_once_per_state_change() {
+        let mut log = ProblemLog::new("watch catalog services");
+        log.ok();
+        assert_eq!(
+            (log.current(), log.warnings_logged, log.recoveries_logged),
+            (None, 0, 0)
+        );
+
+        let refused = err("connection refused (127.0.0.1:8500)");
+        log.failed(&refused);
+        log.failed(&refused);
+        log.failed(&refused);
+        assert_eq!(
+            log.current(),
+            Some("GET /v1/catalog/services: connection refused (127.0.0.1:8500)")
+        );
+        assert_eq!(log.warnings_logged, 1);
+
+        log.failed(&err("connection reset (127.0.0.1:8500)"));
+        assert_eq!(log.warnings_logged, 2);
+        assert_eq!(
+            log.current(),
+            Some("GET /v1/catalog/services: connection reset (127.0.0.1:8500)")
+        );
+
+        log.ok();
+        log.ok();
+        assert_eq!((log.current(), log.recoveries_logged), (None, 1));
+
+        // The same problem after a recovery is news again.
+        log.failed(&refused);
+        assert_eq!(log.warnings_logged, 3);
     }
 }

@@ -1,0 +1,666 @@
+//! The daemon end to end: the real binary against the Consul simulator.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use consul_sim::{Access, Fault, Rule, ServiceSpec, Sim, SimOptions, TestPki};
+use serde_json::{json, Value};
+
+const SHOP: &str = "gw-traefik.http.routers.shop.rule=Host(`shop.example.com`)";
+const PORT: u16 = 9997;
+
+fn converged(sim: &Sim, expected: &[(String, Vec<String>)]) -> bool {
+    routes(sim, PORT) == expected
+}
+
+#[test]
+fn converges_to_registration_and_entry() {
+    let sim = sim_http();
+    sim.add_service(service(
+        "shop",
+        &[SHOP, "gw-traefik.http.routers.shop.tls=true", "version=2"],
+    ));
+    sim.add_service(service(
+        "blog",
+        &["gw-traefik.http.routers.blog.rule=Host('blog.example.com')"],
+    ));
+    sim.add_service(service(
+        "internal",
+        &["traefik.http.routers.internal.rule=Host(`internal.example.com`)"],
+    ));
+    // A sidecar copies its parent's tags; it must never be exposed.
+    sim.add_service(ServiceSpec {
+        kind: "connect-proxy".into(),
+        ..service("shop-sidecar-proxy", &[SHOP])
+    });
+    let daemon = Daemon::start(&base_env(&sim));
+
+    let expected = vec![
+        route("blog", &["blog.example.com"]),
+        route("shop", &["shop.example.com"]),
+    ];
+    wait_until(EVENTUALLY, "entry routes blog and shop", || {
+        converged(&sim, &expected)
+    });
+    let tags = strings(&[
+        "traefik.enable=true",
+        "traefik.http.routers.blog.rule=Host(`blog.example.com`)",
+        "traefik.http.routers.shop.rule=Host(`shop.example.com`)",
+        "traefik.http.routers.shop.tls=true",
+    ]);
+    wait_until(EVENTUALLY, "ingress service tags", || {
+        ingress_tags(&sim) == Some(tags.clone())
+    });
+
+    let registration = sim.agent_service(INGRESS_ID).expect("registered");
+    assert_eq!(registration["Service"], "edge-ingress");
+    assert_eq!(registration["Port"], PORT);
+    assert_eq!(
+        registration["Meta"]["managed-by"],
+        "ingress-service-monitor"
+    );
+    let checks = sim.agent_checks().to_string();
+    assert!(
+        checks.contains("http://127.0.0.1:8443/ready"),
+        "check URL in {checks}"
+    );
+    let entry = entry(&sim).expect("entry");
+    assert_eq!(entry["Meta"]["managed-by"], "ingress-service-monitor");
+    assert_eq!(
+        listener(&entry, PORT).expect("listener")["Protocol"],
+        "http"
+    );
+
+    wait_until(EVENTUALLY, "/health ok", || daemon.health().0 == 200);
+    let health: Value = serde_json::from_str(&daemon.health().1).expect("health JSON");
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["services_exposed"], 2);
+    assert!(health["last_sync"].is_string());
+}
+
+#[test]
+fn follows_add_change_and_remove() {
+    let sim = sim_http();
+    sim.add_service(service("shop", &[SHOP]));
+    let _daemon = Daemon::start(&base_env(&sim));
+    wait_until(EVENTUALLY, "shop routed", || {
+        converged(&sim, &[route("shop", &["shop.example.com"])])
+    });
+
+    sim.add_service(service(
+        "cart",
+        &["gw-traefik.http.routers.cart.rule=Host(`cart.example.com`)"],
+    ));
+    let both = vec![
+        route("cart", &["cart.example.com"]),
+        route("shop", &["shop.example.com"]),
+    ];
+    wait_until(EVENTUALLY, "cart added", || converged(&sim, &both));
+
+    // Same number of tags, different value: the Go original never applied this.
+    sim.set_service_tags(
+        "node-1",
+        "shop",
+        &["gw-traefik.http.routers.shop.rule=Host(`store.example.com`)"],
+    );
+    let changed = vec![
+        route("cart", &["cart.example.com"]),
+        route("shop", &["store.example.com"]),
+    ];
+    wait_until(EVENTUALLY, "shop's host changed", || {
+        converged(&sim, &changed)
+    });
+    wait_until(EVENTUALLY, "ingress tag changed", || {
+        ingress_tags(&sim).is_some_and(|t| {
+            t.contains(&"traefik.http.routers.shop.rule=Host(`store.example.com`)".to_string())
+        })
+    });
+
+    sim.remove_service("node-1", "cart");
+    wait_until(EVENTUALLY, "cart removed", || {
+        converged(&sim, &[route("shop", &["store.example.com"])])
+    });
+    wait_until(EVENTUALLY, "cart's tag removed", || {
+        ingress_tags(&sim).is_some_and(|t| !t.iter().any(|tag| tag.contains("cart")))
+    });
+}
+
+#[test]
+fn every_host_of_a_rule_is_routed() {
+    let sim = sim_http();
+    sim.add_service(service(
+        "shop",
+        &[
+            "gw-traefik.http.routers.shop.rule=Host(`a.example.com`) || Host(`B.example.com`)",
+            "gw-traefik.http.routers.shop2.rule=(Host('c.example.com') && PathPrefix('/x')) || HostRegexp(`{x:.+}.d.example.com`)",
+        ],
+    ));
+    let _daemon = Daemon::start(&base_env(&sim));
+    let expected = vec![route(
+        "shop",
+        &["a.example.com", "b.example.com", "c.example.com"],
+    )];
+    wait_until(EVENTUALLY, "all hosts of the rules", || {
+        converged(&sim, &expected)
+    });
+}
+
+#[test]
+fn bad_hosts_and_conflicts_stay_with_their_service() {
+    let sim = sim_http();
+    sim.add_service(service(
+        "alpha",
+        &["gw-traefik.http.routers.a.rule=Host(`dup.example.com`)"],
+    ));
+    sim.add_service(service(
+        "beta",
+        &["gw-traefik.http.routers.b.rule=Host(`dup.example.com`) || Host(`beta.example.com`)"],
+    ));
+    sim.add_service(service(
+        "gamma",
+        &[
+            "gw-traefik.http.routers.g.rule=Host(`bad_host!.example.com`)",
+            "gw-traefik.http.routers.g2.rule=Host(`gamma.example.com`)",
+        ],
+    ));
+    sim.add_service(service(
+        "delta",
+        &["gw-traefik.http.routers.d.rule=Host(`example.*`)"],
+    ));
+    sim.add_service(service(
+        "wild",
+        &["gw-traefik.http.routers.w.rule=Host(`*.wild.example.com`)"],
+    ));
+    let daemon = Daemon::start(&base_env(&sim));
+
+    let expected = vec![
+        route("alpha", &["dup.example.com"]),
+        route("beta", &["beta.example.com"]),
+        route("gamma", &["gamma.example.com"]),
+        route("wild", &["*.wild.example.com"]),
+    ];
+    wait_until(EVENTUALLY, "good hosts routed, bad ones dropped", || {
+        converged(&sim, &expected)
+    });
+    daemon.wait_output(EVENTUALLY, "bad_host!.example.com");
+    let out = daemon.output();
+    assert!(
+        out.contains("\"gamma\""),
+        "warning names the service: {out}"
+    );
+    assert!(
+        out.contains("example.*"),
+        "warning names delta's host: {out}"
+    );
+    assert!(
+        out.contains("dup.example.com") && out.contains("\"beta\""),
+        "conflict warning names beta: {out}"
+    );
+    wait_until(EVENTUALLY, "/health ok with warnings counted", || {
+        let (status, body) = daemon.health();
+        status == 200
+            && serde_json::from_str::<Value>(&body).is_ok_and(|h| h["warnings"].as_u64() >= Some(3))
+    });
+}
+
+#[test]
+fn a_tcp_service_does_not_break_the_gateway() {
+    let sim = Sim::start(SimOptions::default()); // no proxy-defaults: services are tcp by default
+    sim.put_config(
+        json!({"Kind": "service-defaults", "Name": "web", "Protocol": "http"}),
+        None,
+    )
+    .expect("accepted");
+    sim.add_service(service(
+        "web",
+        &["gw-traefik.http.routers.web.rule=Host(`web.example.com`)"],
+    ));
+    sim.add_service(service(
+        "db",
+        &["gw-traefik.http.routers.db.rule=Host(`db.example.com`)"],
+    ));
+    let daemon = Daemon::start(&base_env(&sim));
+    wait_until(EVENTUALLY, "web routed without db", || {
+        converged(&sim, &[route("web", &["web.example.com"])])
+    });
+    daemon.wait_output(EVENTUALLY, "Protocol = \"http\"");
+    assert!(
+        daemon.output().contains("\"db\""),
+        "warning names db:\n{}",
+        daemon.output()
+    );
+    // The tag still reaches the outer proxy.
+    assert!(ingress_tags(&sim).is_some_and(|t| t.iter().any(|tag| tag.contains("db.example.com"))));
+}
+
+#[test]
+fn set_service_defaults_creates_missing_protocols() {
+    let sim = Sim::start(SimOptions::default());
+    sim.put_config(
+        json!({"Kind": "service-defaults", "Name": "legacy", "Protocol": "tcp"}),
+        None,
+    )
+    .expect("accepted");
+    sim.add_service(service(
+        "web",
+        &["gw-traefik.http.routers.web.rule=Host(`web.example.com`)"],
+    ));
+    sim.add_service(service(
+        "legacy",
+        &["gw-traefik.http.routers.l.rule=Host(`legacy.example.com`)"],
+    ));
+    let _daemon = Daemon::start(&with(base_env(&sim), &[("SETSERVICEDEFAULTS", "true")]));
+    wait_until(EVENTUALLY, "web routed", || {
+        converged(&sim, &[route("web", &["web.example.com"])])
+    });
+    let created = sim
+        .config("service-defaults", "web")
+        .expect("service-defaults created");
+    assert_eq!(created["Protocol"], "http");
+    // An existing service-defaults entry is never overridden.
+    assert_eq!(
+        sim.config("service-defaults", "legacy").expect("kept")["Protocol"],
+        "tcp"
+    );
+}
+
+#[test]
+fn http2_and_grpc_services_get_their_listeners() {
+    let sim = Sim::start(SimOptions::default());
+    for (name, protocol) in [("web", "http"), ("api", "http2"), ("rpc", "grpc")] {
+        sim.put_config(
+            json!({"Kind": "service-defaults", "Name": name, "Protocol": protocol}),
+            None,
+        )
+        .expect("accepted");
+        let tag = format!("gw-traefik.http.routers.{name}.rule=Host(`{name}.example.com`)");
+        sim.add_service(service(name, &[tag.as_str()]));
+    }
+    let env = with(
+        base_env(&sim),
+        &[("INGRESSPORTHTTP2", "9998"), ("INGRESSPORTGRPC", "9999")],
+    );
+    let _daemon = Daemon::start(&env);
+    wait_until(EVENTUALLY, "three listeners", || {
+        routes(&sim, 9997) == [route("web", &["web.example.com"])]
+            && routes(&sim, 9998) == [route("api", &["api.example.com"])]
+            && routes(&sim, 9999) == [route("rpc", &["rpc.example.com"])]
+    });
+    let entry = entry(&sim).expect("entry");
+    assert_eq!(listener(&entry, 9998).expect("http2")["Protocol"], "http2");
+    assert_eq!(listener(&entry, 9999).expect("grpc")["Protocol"], "grpc");
+}
+
+#[test]
+fn foreign_listener_and_tls_are_kept_and_foreign_edits_corrected() {
+    let sim = sim_http();
+    sim.put_config(
+        json!({"Kind": "service-defaults", "Name": "db", "Protocol": "tcp"}),
+        None,
+    )
+    .expect("accepted");
+    sim.put_config(
+        json!({
+            "Kind": "ingress-gateway", "Name": GATEWAY,
+            "TLS": {"Enabled": true},
+            "Meta": {"owner": "platform-team"},
+            "Listeners": [{"Port": 5432, "Protocol": "tcp", "Services": [{"Name": "db"}]}]
+        }),
+        None,
+    )
+    .expect("foreign entry accepted");
+    sim.add_service(service("shop", &[SHOP]));
+    let _daemon = Daemon::start(&base_env(&sim));
+    wait_until(EVENTUALLY, "shop routed", || {
+        converged(&sim, &[route("shop", &["shop.example.com"])])
+    });
+    let written = entry(&sim).expect("entry");
+    assert_eq!(written["TLS"]["Enabled"], true);
+    assert_eq!(written["Meta"]["owner"], "platform-team");
+    assert_eq!(written["Meta"]["managed-by"], "ingress-service-monitor");
+    assert_eq!(routes(&sim, 5432), [route("db", &[])]);
+
+    // Someone edits our listener by hand: the daemon puts it back, keeping their listener.
+    let mut edited = written.clone();
+    edited["Listeners"] = json!([
+        {"Port": 5432, "Protocol": "tcp", "Services": [{"Name": "db"}]},
+        {"Port": PORT, "Protocol": "http", "Services": [{"Name": "shop", "Hosts": ["wrong.example.com"]}]}
+    ]);
+    sim.put_config(edited, None).expect("edit accepted");
+    wait_until(EVENTUALLY, "our listener restored", || {
+        converged(&sim, &[route("shop", &["shop.example.com"])])
+    });
+    assert_eq!(routes(&sim, 5432), [route("db", &[])]);
+}
+
+#[test]
+fn nothing_is_written_when_nothing_changed() {
+    let sim = sim_http();
+    sim.add_service(service("shop", &[SHOP]));
+    let daemon = Daemon::start(&base_env(&sim));
+    wait_until(EVENTUALLY, "shop routed", || {
+        converged(&sim, &[route("shop", &["shop.example.com"])])
+    });
+    wait_until(EVENTUALLY, "/health ok", || daemon.health().0 == 200);
+    let indexes = sim.indexes();
+    let writes = write_requests(&sim);
+    let requests = sim.requests().len();
+    // The measured window itself: what the daemon does while nothing happens.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(write_requests(&sim), writes, "no writes while idle");
+    assert_eq!(
+        sim.indexes(),
+        indexes,
+        "Consul's indexes did not move because of us"
+    );
+    let idle = sim.requests().len() - requests;
+    assert!(
+        idle <= 2,
+        "{idle} requests in 5 s of idle (expected at most the periodic agent check)"
+    );
+}
+
+#[test]
+fn restarted_agent_gets_the_registration_back() {
+    let sim = sim_http();
+    sim.add_service(service("shop", &[SHOP]));
+    let _daemon = Daemon::start(&base_env(&sim));
+    wait_until(EVENTUALLY, "registered", || ingress_tags(&sim).is_some());
+    sim.restart_agent();
+    assert!(
+        sim.agent_service(INGRESS_ID).is_none(),
+        "the restart lost the registration"
+    );
+    let started = Instant::now();
+    wait_until(Duration::from_secs(20), "registered again", || {
+        ingress_tags(&sim).is_some()
+    });
+    assert!(
+        started.elapsed() <= Duration::from_secs(16),
+        "re-registered within 15 s, took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(routes(&sim, PORT), [route("shop", &["shop.example.com"])]);
+}
+
+#[test]
+fn starts_while_the_agent_is_down_and_converges_when_it_is_up() {
+    let sim = sim_http();
+    sim.add_service(service("shop", &[SHOP]));
+    sim.stop_listening();
+    let daemon = Daemon::start(&base_env(&sim));
+    wait_until(EVENTUALLY, "/health 503 while the agent is down", || {
+        daemon.health().0 == 503
+    });
+    daemon.wait_output(EVENTUALLY, "/v1/");
+    sim.start_listening();
+    wait_until(EVENTUALLY, "converged after the agent came up", || {
+        converged(&sim, &[route("shop", &["shop.example.com"])])
+    });
+    wait_until(EVENTUALLY, "/health ok", || daemon.health().0 == 200);
+}
+
+#[test]
+fn server_errors_are_retried_and_logged_once() {
+    let sim = sim_http();
+    sim.add_service(service("shop", &[SHOP]));
+    let daemon = Daemon::start(&base_env(&sim));
+    wait_until(EVENTUALLY, "shop routed", || {
+        converged(&sim, &[route("shop", &["shop.example.com"])])
+    });
+    let message = "raft apply failed: leadership lost while committing log";
+    sim.inject(Fault {
+        method: Some("PUT".into()),
+        path_prefix: "/v1/config".into(),
+        status: 500,
+        body: message.into(),
+        count: 3,
+    });
+    sim.add_service(service(
+        "cart",
+        &["gw-traefik.http.routers.cart.rule=Host(`cart.example.com`)"],
+    ));
+    let both = vec![
+        route("cart", &["cart.example.com"]),
+        route("shop", &["shop.example.com"]),
+    ];
+    wait_until(Duration::from_secs(30), "converged after the burst", || {
+        converged(&sim, &both)
+    });
+    let out = daemon.output();
+    assert_eq!(
+        out.matches(message).count(),
+        1,
+        "the same error is logged once per state change:\n{out}"
+    );
+    assert!(
+        out.contains("PUT /v1/config"),
+        "the log names the endpoint:\n{out}"
+    );
+}
+
+#[test]
+fn denied_then_granted_and_the_token_never_shows() {
+    let secret = "7f3b9c1e-5d2a-4e8f-9b6c-0a1d2e3f4a5b";
+    let sim = Sim::start(SimOptions {
+        acl: true,
+        ..SimOptions::default()
+    });
+    sim.put_config(
+        json!({"Kind": "proxy-defaults", "Name": "global", "Config": {"protocol": "http"}}),
+        None,
+    )
+    .expect("ok");
+    sim.add_service(service("shop", &[SHOP]));
+    let read_only = vec![
+        Rule::ServicePrefix(String::new(), Access::Read),
+        Rule::NodePrefix(String::new(), Access::Read),
+        Rule::Service("edge-ingress".into(), Access::Write),
+    ];
+    sim.set_token(secret, read_only.clone());
+    let daemon = Daemon::start(&with(base_env(&sim), &[("CONSULTOKEN", secret)]));
+    daemon.wait_output(EVENTUALLY, "mesh:write");
+    wait_until(EVENTUALLY, "/health 503 names the permission", || {
+        let (status, body) = daemon.health();
+        status == 503 && body.contains("mesh:write")
+    });
+    assert!(entry(&sim).is_none());
+
+    let mut granted = read_only;
+    granted.push(Rule::Mesh(Access::Write));
+    sim.set_token(secret, granted);
+    wait_until(Duration::from_secs(40), "converged once granted", || {
+        converged(&sim, &[route("shop", &["shop.example.com"])])
+    });
+    wait_until(EVENTUALLY, "/health ok", || daemon.health().0 == 200);
+    assert!(
+        sim.requests().iter().all(|r| r.had_token),
+        "every request carries the token"
+    );
+    assert!(
+        !daemon.output().contains(secret),
+        "the token leaked into the output:\n{}",
+        daemon.output()
+    );
+    assert!(!daemon.health().1.contains(secret));
+}
+
+#[test]
+fn sigterm_deregisters_and_exits_0_keeping_the_entry() {
+    let sim = sim_http();
+    sim.add_service(service("shop", &[SHOP]));
+    let mut daemon = Daemon::start(&base_env(&sim));
+    wait_until(EVENTUALLY, "registered", || ingress_tags(&sim).is_some());
+    let sent = Instant::now();
+    daemon.signal("TERM");
+    let status = daemon.wait_exit(Duration::from_secs(6));
+    assert!(sent.elapsed() < Duration::from_secs(5), "exited within 5 s");
+    assert_eq!(status.code(), Some(0), "output:\n{}", daemon.output());
+    assert!(sim.agent_service(INGRESS_ID).is_none(), "deregistered");
+    assert!(
+        entry(&sim).is_some(),
+        "the config entry stays for other instances"
+    );
+}
+
+#[test]
+fn sigterm_with_the_agent_unreachable_exits_1_within_5_seconds() {
+    let sim = sim_http();
+    sim.add_service(service("shop", &[SHOP]));
+    let mut daemon = Daemon::start(&base_env(&sim));
+    wait_until(EVENTUALLY, "registered", || ingress_tags(&sim).is_some());
+    sim.stop_listening();
+    let sent = Instant::now();
+    daemon.signal("TERM");
+    let status = daemon.wait_exit(Duration::from_secs(6));
+    assert!(
+        sent.elapsed() < Duration::from_secs(5),
+        "exited within 5 s, took {:?}",
+        sent.elapsed()
+    );
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        daemon.output().contains("could not deregister"),
+        "{}",
+        daemon.output()
+    );
+}
+
+fn tls_env(
+    sim: &Sim,
+    pki: &TestPki,
+    ca: &std::path::Path,
+    client_cert: bool,
+) -> Vec<(String, String)> {
+    let url = sim.url();
+    assert!(url.starts_with("https://"), "{url}");
+    let mut env = with(
+        base_env(sim),
+        &[("CONSUL_CACERT", ca.to_str().expect("utf-8 path"))],
+    );
+    if client_cert {
+        env = with(
+            env,
+            &[
+                (
+                    "CONSUL_CLIENT_CERT",
+                    pki.client_cert.to_str().expect("utf-8"),
+                ),
+                ("CONSUL_CLIENT_KEY", pki.client_key.to_str().expect("utf-8")),
+            ],
+        );
+    }
+    env
+}
+
+fn tls_sim(pki: &TestPki, mutual: bool) -> Sim {
+    let sim = Sim::start(SimOptions {
+        tls: Some(pki.server_tls(mutual)),
+        ..SimOptions::default()
+    });
+    sim.put_config(
+        json!({"Kind": "proxy-defaults", "Name": "global", "Config": {"protocol": "http"}}),
+        None,
+    )
+    .expect("ok");
+    sim.add_service(service("shop", &[SHOP]));
+    sim
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ism-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+#[test]
+fn tls_and_mutual_tls() {
+    let pki = TestPki::generate(temp_dir("tls"));
+    let sim = tls_sim(&pki, false);
+    let _daemon = Daemon::start(&tls_env(&sim, &pki, &pki.ca_cert, false));
+    wait_until(EVENTUALLY, "converged over TLS", || {
+        converged(&sim, &[route("shop", &["shop.example.com"])])
+    });
+
+    let mutual = tls_sim(&pki, true);
+    let _daemon = Daemon::start(&tls_env(&mutual, &pki, &pki.ca_cert, true));
+    wait_until(EVENTUALLY, "converged over mutual TLS", || {
+        converged(&mutual, &[route("shop", &["shop.example.com"])])
+    });
+}
+
+#[test]
+fn a_wrong_ca_is_refused_without_falling_back_to_plaintext() {
+    let pki = TestPki::generate(temp_dir("wrong-ca"));
+    let sim = tls_sim(&pki, false);
+    let daemon = Daemon::start(&tls_env(&sim, &pki, &pki.other_ca_cert, false));
+    wait_until(EVENTUALLY, "/health 503", || daemon.health().0 == 503);
+    daemon.wait_output(EVENTUALLY, "certificate");
+    assert!(
+        sim.requests().is_empty(),
+        "no request got through: {:?}",
+        sim.requests()
+    );
+    assert!(entry(&sim).is_none());
+}
+
+#[test]
+fn fabio_mode() {
+    let sim = sim_http();
+    sim.add_service(service(
+        "shop",
+        &[
+            "gw-urlprefix-shop.example.com/ strip=/shop",
+            "gw-urlprefix-/api",
+        ],
+    ));
+    sim.add_service(service("tcp", &["gw-urlprefix-:3306 proto=tcp"]));
+    let _daemon = Daemon::start(&with(base_env(&sim), &[("TYPEGATEWAY", "fabio")]));
+    wait_until(EVENTUALLY, "shop routed", || {
+        converged(&sim, &[route("shop", &["shop.example.com"])])
+    });
+    let tags = strings(&[
+        "urlprefix-/api",
+        "urlprefix-:3306 proto=tcp",
+        "urlprefix-shop.example.com/ strip=/shop",
+    ]);
+    wait_until(EVENTUALLY, "fabio tags, no traefik.enable", || {
+        ingress_tags(&sim) == Some(tags.clone())
+    });
+}
+
+#[test]
+fn bad_configuration_exits_2_naming_each_variable() {
+    let env = vec![
+        ("SERVICENAMEINGRESSGATEWAY".to_string(), "edge".to_string()),
+        ("INGRESSPORT".to_string(), "99999".to_string()),
+        ("TYPEGATEWAY".to_string(), "nginx".to_string()),
+    ];
+    let mut daemon = Daemon::start(&env);
+    let status = daemon.wait_exit(EVENTUALLY);
+    assert_eq!(status.code(), Some(2));
+    let out = daemon.output();
+    for variable in ["TAGINGRESSSERVICE", "INGRESSPORT", "TYPEGATEWAY"] {
+        assert!(out.contains(variable), "{variable} named in:\n{out}");
+    }
+}
+
+#[test]
+fn dry_run_prints_the_plan_and_writes_nothing() {
+    let sim = sim_http();
+    sim.add_service(service("shop", &[SHOP]));
+    let mut daemon = Daemon::start_with_args(&base_env(&sim), &["--dry-run"]);
+    assert_eq!(
+        daemon.wait_exit(EVENTUALLY).code(),
+        Some(0),
+        "{}",
+        daemon.output()
+    );
+    let out = daemon.output();
+    assert!(out.contains("\"shop.example.com\""), "{out}");
+    assert!(out.contains("traefik.enable=true"), "{out}");
+    assert_eq!(write_requests(&sim), 0);
+    assert!(entry(&sim).is_none());
+}
