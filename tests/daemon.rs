@@ -336,6 +336,59 @@ fn foreign_listener_and_tls_are_kept_and_foreign_edits_corrected() {
 }
 
 #[test]
+fn a_cas_conflict_is_resolved_by_reading_again_keeping_the_other_write() {
+    let sim = sim_http();
+    sim.put_config(
+        json!({"Kind": "service-defaults", "Name": "db", "Protocol": "tcp"}),
+        None,
+    )
+    .expect("accepted");
+    sim.add_service(service("shop", &[SHOP]));
+    let _daemon = Daemon::start(&base_env(&sim));
+    wait_until(EVENTUALLY, "shop routed", || {
+        converged(&sim, &[route("shop", &["shop.example.com"])])
+    });
+
+    // Another writer (an operator, another gateway instance) adds its listener between
+    // the daemon's read and its next write: that write's cas index is stale.
+    let mut theirs = entry(&sim).expect("entry");
+    let mut listeners = theirs["Listeners"].as_array().cloned().unwrap_or_default();
+    listeners.push(json!({"Port": 5432, "Protocol": "tcp", "Services": [{"Name": "db"}]}));
+    theirs["Listeners"] = Value::Array(listeners);
+    sim.race_next_config_write(theirs)
+        .expect("race entry valid");
+    let puts_before = config_puts(&sim);
+    sim.add_service(service(
+        "cart",
+        &["gw-traefik.http.routers.cart.rule=Host(`cart.example.com`)"],
+    ));
+
+    let both = vec![
+        route("cart", &["cart.example.com"]),
+        route("shop", &["shop.example.com"]),
+    ];
+    wait_until(EVENTUALLY, "cart added and the other listener kept", || {
+        converged(&sim, &both) && routes(&sim, 5432) == [route("db", &[])]
+    });
+    // The first write missed (false), the second, after reading again, landed.
+    let puts: Vec<usize> = config_puts(&sim)[puts_before.len()..].to_vec();
+    assert_eq!(
+        puts,
+        [5, 4],
+        "response sizes of the PUTs after the race (false, then true)"
+    );
+}
+
+/// Response body sizes of the `PUT /v1/config` requests so far (`true` is 4, `false` 5).
+fn config_puts(sim: &Sim) -> Vec<usize> {
+    sim.requests()
+        .iter()
+        .filter(|r| r.method == "PUT" && r.path == "/v1/config")
+        .map(|r| r.response_bytes)
+        .collect()
+}
+
+#[test]
 fn nothing_is_written_when_nothing_changed() {
     let sim = sim_http();
     sim.add_service(service("shop", &[SHOP]));

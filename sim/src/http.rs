@@ -914,7 +914,21 @@ fn config_apply(shared: &Arc<Shared>, req: &Req) -> HResult {
     entries::normalize(&mut entry);
     entries::validate(&entry).map_err(|e| Reply::rpc(500, e))?;
     entries::check_write(&authz, &entry.kind, &entry.name).map_err(|e| Reply::rpc(403, e))?;
-    let (outcome, changes) = shared.lock().write_entry(&entry, cas);
+    let (race_changes, (outcome, changes)) = {
+        let mut state = shared.lock();
+        // A concurrent writer that got in between the caller's read and this write.
+        let race = state
+            .races
+            .iter()
+            .position(|r| r.kind == entry.kind && r.name == entry.name);
+        let race_changes = race
+            .map(|i| state.races.remove(i))
+            .map(|race| state.write_entry(&race, None).1);
+        (race_changes, state.write_entry(&entry, cas))
+    };
+    if let Some(race_changes) = race_changes {
+        shared.notify(race_changes);
+    }
     shared.notify(changes);
     match outcome {
         WriteOutcome::Done { reply, .. } => Ok(Reply::json(&json!(reply), req.pretty())),

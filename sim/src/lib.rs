@@ -57,6 +57,10 @@ pub struct SimOptions {
     pub jitter: bool,
     /// Run the HTTP checks of agent-registered services (GET every Interval).
     pub run_checks: bool,
+    /// A test speed-up, not Consul behaviour: when set, every HTTP check runs at this
+    /// interval instead of its registered `Interval` (the daemon registers 10s, so a
+    /// health transition would otherwise take that long to show).
+    pub check_interval: Option<Duration>,
 }
 
 impl Default for SimOptions {
@@ -69,6 +73,7 @@ impl Default for SimOptions {
             default_wait: Duration::from_secs(300),
             jitter: true,
             run_checks: false,
+            check_interval: None,
         }
     }
 }
@@ -227,6 +232,7 @@ impl Sim {
             default_wait: options.default_wait,
             jitter: options.jitter,
             run_checks: options.run_checks,
+            check_interval: options.check_interval,
         }));
         let (commands, command_rx) = tokio::sync::mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -374,6 +380,17 @@ impl Sim {
     }
 
     // --- faults ---
+    /// A concurrent writer: `entry` (validated like a `PUT /v1/config`) is stored just
+    /// before the next API write of the same kind and name is applied, so that write's
+    /// `cas` index is stale and it answers `false`.
+    pub fn race_next_config_write(&self, entry: Value) -> Result<(), (u16, String)> {
+        let enterprise = self.shared.lock().enterprise;
+        let mut entry = entries::decode(&entry, enterprise).map_err(|e| (400, e))?;
+        entries::normalize(&mut entry);
+        entries::validate(&entry).map_err(|e| (500, e))?;
+        self.shared.lock().races.push(entry);
+        Ok(())
+    }
     pub fn inject(&self, fault: Fault) {
         self.shared.lock().faults.push(fault);
     }

@@ -124,6 +124,9 @@ pub struct State {
     pub config: Table,
     pub tokens: HashMap<String, Vec<Rule>>,
     pub faults: Vec<Fault>,
+    /// Entries a concurrent writer stores just before the next `PUT /v1/config` of the
+    /// same kind and name is applied (see [`crate::Sim::race_next_config_write`]).
+    pub races: Vec<entries::Entry>,
     pub rpc_prefix: bool,
     pub enterprise: bool,
     pub max_conns_per_client: Option<usize>,
@@ -144,6 +147,7 @@ impl State {
             config: Table::new(),
             tokens: HashMap::new(),
             faults: Vec::new(),
+            races: Vec::new(),
             rpc_prefix: false,
             enterprise: false,
             max_conns_per_client: None,

@@ -8,6 +8,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use consul_sim::{ServiceSpec, Sim, SimOptions};
@@ -79,6 +80,9 @@ pub struct Daemon {
     child: Child,
     output: Arc<Mutex<String>>,
     status: Option<ExitStatus>,
+    /// The threads copying stdout and stderr into `output`; joined once the process has
+    /// exited, so everything it printed is in `output` when `wait_exit` returns.
+    readers: Vec<JoinHandle<()>>,
 }
 
 impl Daemon {
@@ -96,12 +100,15 @@ impl Daemon {
         let output = Arc::new(Mutex::new(String::new()));
         let stdout = child.stdout.take().expect("stdout piped");
         let stderr = child.stderr.take().expect("stderr piped");
-        collect(stdout, output.clone());
-        collect(stderr, output.clone());
+        let readers = vec![
+            collect(stdout, output.clone()),
+            collect(stderr, output.clone()),
+        ];
         Daemon {
             child,
             output,
             status: None,
+            readers,
         }
     }
 
@@ -162,6 +169,11 @@ impl Daemon {
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 self.status = Some(status);
+                // The pipes close with the process (it starts no children), so the
+                // readers end promptly after draining what is left.
+                for reader in self.readers.drain(..) {
+                    reader.join().expect("output reader");
+                }
                 return status;
             }
             if Instant::now() >= deadline {
@@ -187,7 +199,7 @@ impl Drop for Daemon {
     }
 }
 
-fn collect(stream: impl Read + Send + 'static, into: Arc<Mutex<String>>) {
+fn collect(stream: impl Read + Send + 'static, into: Arc<Mutex<String>>) -> JoinHandle<()> {
     std::thread::spawn(move || {
         for line in BufReader::new(stream).lines().map_while(Result::ok) {
             if let Ok(mut out) = into.lock() {
@@ -195,7 +207,7 @@ fn collect(stream: impl Read + Send + 'static, into: Arc<Mutex<String>>) {
                 out.push('\n');
             }
         }
-    });
+    })
 }
 
 /// A minimal HTTP/1.1 GET to 127.0.0.1:port -> (status, body).
