@@ -579,6 +579,43 @@ fn env_example_documents_every_variable_and_only_those() {
 }
 
 #[test]
+fn readme_documents_every_variable_and_the_ci_test_command() {
+    let readme = read("README.md");
+    // The rows of the configuration table: "| `NAME` | ...".
+    let documented: BTreeSet<String> = readme
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `"))
+        .filter_map(|rest| rest.split_once('`').map(|(name, _)| name.to_string()))
+        .filter(|name| {
+            name.chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        })
+        .collect();
+    let known: BTreeSet<String> = variable_names().into_iter().map(String::from).collect();
+    let mut problems: Vec<String> = known
+        .difference(&documented)
+        .map(|n| format!("{n} has no row in the README's configuration table"))
+        .collect();
+    problems.extend(
+        documented
+            .difference(&known)
+            .map(|n| format!("{n} is in the README's table but the daemon does not read it")),
+    );
+    // The test command the README gives is the one .ci/run ends with.
+    let ci = read(".ci/run");
+    let command = "cargo test --workspace --locked -- --include-ignored";
+    if !readme.contains(command) {
+        problems.push(format!(
+            "the README does not give the test command {command:?}"
+        ));
+    }
+    if !ci.lines().any(|l| l.trim() == command) {
+        problems.push(format!(".ci/run does not run {command:?}"));
+    }
+    assert_no_problems("README.md", &problems);
+}
+
+#[test]
 fn systemd_units_agree_with_the_daemon() {
     let daemon = read(DAEMON_UNIT);
     let gateway = read(GATEWAY_UNIT);
@@ -1048,7 +1085,7 @@ impl Drop for Image {
 
 #[test]
 #[ignore = "needs podman and the musl binary: run .ci/run"]
-fn scratch_image_runs_version() {
+fn scratch_image_runs_version_then_converges_and_stops_on_sigterm() {
     let podman = tool("PODMAN_BIN", "podman");
     assert!(
         repo().join(MUSL_BINARY).exists(),
@@ -1110,6 +1147,104 @@ fn scratch_image_runs_version() {
         stdout.trim(),
         format!("ingress-service-monitor {}", env!("CARGO_PKG_VERSION"))
     );
+
+    run_image_against_the_simulator(&podman, &image.0, &extra);
+}
+
+/// The image as users run it: on the host network against an agent (the simulator), it
+/// converges, and `podman stop` (SIGTERM) deregisters the ingress service, exit 0.
+fn run_image_against_the_simulator(podman: &str, image: &str, extra: &str) {
+    use consul_sim::{ServiceSpec, Sim, SimOptions};
+    use serde_json::json;
+
+    let sim = Sim::start(SimOptions::default());
+    sim.put_config(
+        json!({"Kind": "proxy-defaults", "Name": "global", "Config": {"protocol": "http"}}),
+        None,
+    )
+    .expect("proxy-defaults accepted");
+    sim.add_service(ServiceSpec::new(
+        "shop",
+        &["gw-traefik.http.routers.shop.rule=Host(`shop.example.com`)"],
+    ));
+    let container = Container(format!("ism-packaging-test-{}", std::process::id()));
+    let started = run(Command::new(podman)
+        .args(["run", "--detach", "--network=host", "--name", &container.0])
+        .args(extra.split_whitespace())
+        .args(["--env", "TAGINGRESSSERVICE=gw"])
+        .args(["--env", "SERVICENAMEINGRESSGATEWAY=edge"])
+        .args(["--env", &format!("CONSULHTTPURL={}", sim.url())])
+        // Host network: let the OS choose, so the test never collides with a real port.
+        .args(["--env", "HEALTHPORT=0"])
+        .arg(image));
+    assert!(
+        started.status.success(),
+        "podman run --detach ({}):\n{}",
+        started.status,
+        text(&started)
+    );
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let converged = || {
+        sim.agent_service("edge-ingress").is_some()
+            && sim
+                .config("ingress-gateway", "edge")
+                .is_some_and(|e| e.to_string().contains("shop.example.com"))
+    };
+    while !converged() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the container did not converge within 30 s; its log:\n{}",
+            container.logs(podman)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // podman stop sends SIGTERM, then SIGKILL after --time: a kill would show as 137.
+    let stopped = run(Command::new(podman).args(["stop", "--time", "10", &container.0]));
+    assert!(stopped.status.success(), "podman stop:\n{}", text(&stopped));
+    let code = run(Command::new(podman).args([
+        "inspect",
+        "--format",
+        "{{.State.ExitCode}}",
+        &container.0,
+    ]));
+    let logs = container.logs(podman);
+    assert_eq!(
+        String::from_utf8_lossy(&code.stdout).trim(),
+        "0",
+        "exit code after SIGTERM; log:\n{logs}"
+    );
+    assert!(
+        sim.agent_service("edge-ingress").is_none(),
+        "still registered after SIGTERM; log:\n{logs}"
+    );
+    assert!(
+        sim.config("ingress-gateway", "edge").is_some(),
+        "the config entry is left in place"
+    );
+}
+
+/// Removes the test's container even when an assertion fails.
+struct Container(String);
+
+impl Container {
+    fn logs(&self, podman: &str) -> String {
+        text(&run(Command::new(podman).args(["logs", &self.0])))
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let removed = Command::new(tool("PODMAN_BIN", "podman"))
+            .args(["rm", "--force", "--time", "0", &self.0])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if !matches!(removed, Ok(s) if s.success()) {
+            eprintln!("cannot remove container {}: {removed:?}", self.0);
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------
