@@ -160,6 +160,7 @@ mod tests {
             default_wait: Duration::from_secs(300),
             jitter,
             run_checks: false,
+            check_interval: None,
         })
     }
 

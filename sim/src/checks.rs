@@ -2,7 +2,8 @@
 //! with an `HTTP` URL, GET it every `Interval` (at least 1s); 2xx is passing, 429 warning,
 //! anything else or a timeout critical. Only `http://` URLs are supported; redirects are
 //! not followed. The first run happens at once rather than after Consul's random stagger,
-//! so tests see a status quickly.
+//! so tests see a status quickly; `SimOptions::check_interval` (a test speed-up) replaces
+//! every check's interval, below Consul's 1s minimum too.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -67,7 +68,10 @@ fn nanos(ns: i64) -> Duration {
 }
 
 async fn check_loop(shared: Arc<Shared>, check_id: String, def: CheckDef) {
-    let interval = nanos(def.interval_ns).max(MIN_INTERVAL);
+    let interval = match shared.settings.check_interval {
+        Some(fixed) => fixed,
+        None => nanos(def.interval_ns).max(MIN_INTERVAL),
+    };
     let timeout = if def.timeout_ns > 0 {
         nanos(def.timeout_ns)
     } else {

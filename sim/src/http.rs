@@ -232,6 +232,7 @@ pub async fn handle(
         query: raw_query,
         status: reply.status,
         had_token: request.had_token_header(),
+        user_agent: request.header("user-agent").unwrap_or("").to_string(),
         response_bytes: reply.body.len(),
     });
     build_response(reply, acl)

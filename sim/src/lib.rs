@@ -156,6 +156,9 @@ pub struct RequestRecord {
     pub status: u16,
     /// Whether an `X-Consul-Token` (or Bearer) header was present.
     pub had_token: bool,
+    /// The `User-Agent` header ("" when none): tells which client sent it when several
+    /// share the simulator.
+    pub user_agent: String,
     /// Response body size in bytes.
     pub response_bytes: usize,
 }
@@ -430,6 +433,17 @@ impl Sim {
     /// Config-entry writes and agent registrations that changed state.
     pub fn state_changing_writes(&self) -> u64 {
         self.shared.lock().writes
+    }
+    /// Writes that changed the config entry `kind`/`name` (identical writes and CAS
+    /// misses do not count).
+    pub fn entry_writes(&self, kind: &str, name: &str) -> u64 {
+        let key = (kind.to_string(), name.to_string());
+        self.shared
+            .lock()
+            .entry_writes
+            .get(&key)
+            .copied()
+            .unwrap_or(0)
     }
     /// Connections currently open to the simulator.
     pub fn open_connections(&self) -> usize {

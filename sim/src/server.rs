@@ -26,6 +26,8 @@ pub struct Settings {
     pub default_wait: Duration,
     pub jitter: bool,
     pub run_checks: bool,
+    /// Overrides every HTTP check's interval (see `SimOptions::check_interval`).
+    pub check_interval: Option<Duration>,
 }
 
 /// The tables a blocked query can wait on.

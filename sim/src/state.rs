@@ -132,6 +132,8 @@ pub struct State {
     pub max_conns_per_client: Option<usize>,
     pub log: Vec<RequestRecord>,
     pub writes: u64,
+    /// State-changing writes per config entry (kind, name).
+    pub entry_writes: HashMap<(String, String), u64>,
 }
 
 impl State {
@@ -153,6 +155,7 @@ impl State {
             max_conns_per_client: None,
             log: Vec::new(),
             writes: 0,
+            entry_writes: HashMap::new(),
         };
         // Servers list themselves as the `consul` service.
         let consul = CatalogRow {
@@ -375,6 +378,10 @@ impl State {
         );
         self.config_index = idx;
         self.writes += 1;
+        *self
+            .entry_writes
+            .entry((entry.kind.clone(), entry.name.clone()))
+            .or_default() += 1;
         (
             WriteOutcome::Done {
                 reply: true,
