@@ -31,8 +31,15 @@ use tokio_rustls::TlsConnector;
 use crate::config::{AgentAddress, ConsulConfig, TlsConfig};
 
 /// Largest response body accepted; a larger one is an error (logged with the endpoint),
-/// so a runaway response cannot exhaust memory.
-pub const MAX_BODY: usize = 64 * 1024 * 1024;
+/// so a runaway response cannot exhaust memory. The largest body the daemon reads is the
+/// catalog's service list: 10,000 services with ten 60-byte tags each is about 6 MiB, so
+/// this leaves five times that, while a hostile or broken agent costs at most this much.
+pub const MAX_BODY: usize = 32 * 1024 * 1024;
+
+/// Once the headers are in, the body must follow within this. A blocking query holds the
+/// headers back while it waits, never the body, so a body that trickles in is a broken
+/// agent or proxy, and must not hold a watch for the whole blocking timeout.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Timeout for non-blocking requests (reads, writes, deregistration).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -530,7 +537,18 @@ impl Connection {
                 }
                 Err(e) => return Err(ErrorKind::Io(error_chain(&e))),
             };
-            let response = read_response(response, self.max_body).await?;
+            let response =
+                match tokio::time::timeout(BODY_TIMEOUT, read_response(response, self.max_body))
+                    .await
+                {
+                    Ok(read) => read?,
+                    Err(_) => {
+                        return Err(ErrorKind::Io(format!(
+                            "the response body did not arrive within {} of its headers",
+                            format_duration(BODY_TIMEOUT)
+                        )))
+                    }
+                };
             // The whole response was read, so the connection can carry the next request,
             // whatever the status.
             self.open = Some(open);
@@ -864,9 +882,11 @@ impl fmt::Display for ConsulError {
                 write!(f, "{code} {reason}")?
             }
             ErrorKind::Status { code, message } => write!(f, "{code} {message}")?,
-            ErrorKind::BodyTooLarge { limit } => {
-                write!(f, "response larger than {}", format_size(*limit))?
-            }
+            ErrorKind::BodyTooLarge { limit } => write!(
+                f,
+                "response body over the {} cap; not read",
+                format_size(*limit)
+            )?,
             ErrorKind::Decode(m) => write!(f, "unexpected response body: {m}")?,
         }
         if let Some(hint) = self.hint() {
@@ -1163,7 +1183,7 @@ mod tests {
                     endpoint: "GET /v1/catalog/services".into(),
                     kind: ErrorKind::BodyTooLarge { limit: MAX_BODY },
                 },
-                "GET /v1/catalog/services: response larger than 64 MiB",
+                "GET /v1/catalog/services: response body over the 32 MiB cap; not read",
             ),
             (
                 status(403, "Permission denied: token with AccessorID 'abc' lacks permission 'mesh:write'"),
@@ -1536,7 +1556,7 @@ mod tests {
             assert_eq!(err.kind, ErrorKind::BodyTooLarge { limit: 1024 });
             assert_eq!(
                 err.to_string(),
-                "GET /v1/catalog/services: response larger than 1 KiB"
+                "GET /v1/catalog/services: response body over the 1 KiB cap; not read"
             );
             let at_limit = conn
                 .get("/v1/catalog/services", REQUEST_TIMEOUT)
