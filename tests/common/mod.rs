@@ -4,6 +4,8 @@
 //! guard drops, whatever path the test takes out.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod proxy;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, ExitStatus, Stdio};
