@@ -114,12 +114,22 @@ fn an_index_reset_is_followed_by_a_fresh_read() {
     }
     let before = sim.indexes();
 
+    let parked_before = sim.in_flight().iter().map(|r| r.0).max().unwrap_or(0);
     sim.reset_index();
     assert!(
         sim.indexes().0 < before.0,
         "the restore moved the services index back"
     );
-    // A watch that kept its old index would block the whole wait (5 min) on this.
+    // The catalog watch parks again. With an index from after the restore it wakes on the
+    // next change; a watch that kept its old index would block the whole wait (5 min).
+    wait_until(EVENTUALLY, "the catalog watch parked again", || {
+        sim.in_flight().iter().any(|(id, method, path, query)| {
+            *id > parked_before
+                && method == "GET"
+                && path == "/v1/catalog/services"
+                && query.contains("index=")
+        })
+    });
     sim.add_service(service("cart", &[CART]));
     wait_until(EVENTUALLY, "the change after the restore is seen", || {
         routes(&sim, 9997) == shop_and_cart()

@@ -194,6 +194,7 @@ pub async fn handle(
         Ok(collected) => collected.to_bytes(),
         Err(_) => Bytes::new(),
     };
+    let _in_flight = InFlight::new(&shared, &method, &raw_path, &raw_query);
     let request = Req {
         method: method.clone(),
         path: percent_decode(&raw_path, false),
@@ -236,6 +237,33 @@ pub async fn handle(
         response_bytes: reply.body.len(),
     });
     build_response(reply, acl)
+}
+
+/// Lists a request in `State::in_flight` while it is served; dropped with the handler's
+/// future, also when the client goes away mid-wait.
+struct InFlight {
+    shared: Arc<Shared>,
+    id: u64,
+}
+
+impl InFlight {
+    fn new(shared: &Arc<Shared>, method: &str, path: &str, query: &str) -> InFlight {
+        let mut state = shared.lock();
+        state.next_request_id += 1;
+        let id = state.next_request_id;
+        let request = (method.to_string(), path.to_string(), query.to_string());
+        state.in_flight.insert(id, request);
+        InFlight {
+            shared: Arc::clone(shared),
+            id,
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.shared.lock().in_flight.remove(&self.id);
+    }
 }
 
 fn build_response(reply: Reply, acl: bool) -> Response<Full<Bytes>> {

@@ -445,6 +445,17 @@ impl Sim {
             .copied()
             .unwrap_or(0)
     }
+    /// Requests being served right now, as (id, method, path, query), ids increasing in
+    /// arrival order: blocking queries parked in their wait show up here before they
+    /// answer.
+    pub fn in_flight(&self) -> Vec<(u64, String, String, String)> {
+        let state = self.shared.lock();
+        state
+            .in_flight
+            .iter()
+            .map(|(id, (method, path, query))| (*id, method.clone(), path.clone(), query.clone()))
+            .collect()
+    }
     /// Connections currently open to the simulator.
     pub fn open_connections(&self) -> usize {
         self.shared.open_connections()

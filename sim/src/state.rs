@@ -132,6 +132,9 @@ pub struct State {
     pub max_conns_per_client: Option<usize>,
     pub log: Vec<RequestRecord>,
     pub writes: u64,
+    /// Requests being served (blocking queries parked among them): id -> (method, path, query).
+    pub in_flight: BTreeMap<u64, (String, String, String)>,
+    pub next_request_id: u64,
     /// State-changing writes per config entry (kind, name).
     pub entry_writes: HashMap<(String, String), u64>,
 }
@@ -155,6 +158,8 @@ impl State {
             max_conns_per_client: None,
             log: Vec::new(),
             writes: 0,
+            in_flight: BTreeMap::new(),
+            next_request_id: 0,
             entry_writes: HashMap::new(),
         };
         // Servers list themselves as the `consul` service.

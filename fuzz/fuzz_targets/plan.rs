@@ -1,0 +1,47 @@
+//! The planner on whatever Consul sends: the input is split into a catalog body and a
+//! current-entry body; whatever decodes is planned, and planning never panics and is
+//! repeatable.
+#![no_main]
+
+use std::collections::HashMap;
+
+use ingress_service_monitor::config::{from_env, Config};
+use ingress_service_monitor::consul::wire;
+use ingress_service_monitor::plan::{self, Protocols};
+use libfuzzer_sys::fuzz_target;
+
+fn config() -> Config {
+    let vars: HashMap<&str, &str> = [
+        ("TAGINGRESSSERVICE", "gw"),
+        ("SERVICENAMEINGRESSGATEWAY", "edge"),
+        ("INGRESSPORTGRPC", "9100"),
+    ]
+    .into_iter()
+    .collect();
+    match from_env(&|name| vars.get(name).map(|v| v.to_string())) {
+        Ok(config) => config,
+        Err(errors) => panic!("fuzz configuration: {errors:?}"),
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let (catalog, entry) = match data.iter().position(|&b| b == 0) {
+        Some(at) => (&data[..at], Some(&data[at + 1..])),
+        None => (data, None),
+    };
+    let Ok(catalog) = wire::decode_catalog(catalog, "gw-") else { return };
+    let entry = entry.and_then(|e| wire::decode_entry(e).ok());
+    let config = config();
+    let protocols = Protocols {
+        service_defaults: catalog.keys().map(|k| (k.clone(), "http".to_string())).collect(),
+        proxy_default: None,
+    };
+    let inputs = plan::Inputs {
+        catalog: &catalog,
+        protocols: &protocols,
+        current_entry: entry.as_ref(),
+        config: &config,
+    };
+    let first = plan::plan(inputs);
+    assert_eq!(first, plan::plan(inputs), "planning twice differs");
+});
