@@ -717,3 +717,17 @@ fn dry_run_prints_the_plan_and_writes_nothing() {
     assert_eq!(write_requests(&sim), 0);
     assert!(entry(&sim).is_none());
 }
+
+#[test]
+fn enterprise_settings_against_consul_ce_are_reported_with_the_fix() {
+    let sim = sim_http();
+    sim.add_service(service("shop", &[SHOP]));
+    let daemon = Daemon::start(&with(base_env(&sim), &[("CONSUL_NAMESPACE", "team-a")]));
+    daemon.wait_output(EVENTUALLY, "Namespaces are a Consul Enterprise feature");
+    daemon.wait_output(EVENTUALLY, "unset CONSUL_NAMESPACE");
+    wait_until(EVENTUALLY, "/health 503 naming the fix", || {
+        let (status, body) = daemon.health();
+        status == 503 && body.contains("CONSUL_NAMESPACE")
+    });
+    assert!(entry(&sim).is_none(), "nothing written");
+}
