@@ -257,7 +257,7 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
     let exposed_services = listeners.values().map(Vec::len).sum();
     let desired_entry = desired_entry(config, inputs.current_entry, &listeners);
     let entry_needs_write = match (&desired_entry, inputs.current_entry) {
-        (Some(desired), Some(current)) => !entries_equal(desired, &Value::Object(current.clone())),
+        (Some(desired), Some(current)) => !entry_equals_map(desired, current),
         (Some(_), None) => true,
         (None, _) => false,
     };
@@ -335,7 +335,8 @@ fn registration<'c>(
             let ingress = tags::ingress_tag(config.gateway_type, tag);
             if traefik {
                 let (key, value) = ingress.split_once('=').unwrap_or((&ingress, ""));
-                match keys.get(&key.to_ascii_lowercase()) {
+                let lower = key.to_ascii_lowercase();
+                match keys.get(&lower) {
                     Some((first_value, first)) if first_value != value => {
                         let by = match first {
                             Some((other, other_tag)) => format!(
@@ -356,10 +357,7 @@ fn registration<'c>(
                     }
                     Some(_) => {}
                     None => {
-                        keys.insert(
-                            key.to_ascii_lowercase(),
-                            (value.to_owned(), Some((service.as_str(), tag))),
-                        );
+                        keys.insert(lower, (value.to_owned(), Some((service.as_str(), tag))));
                     }
                 }
             }
@@ -474,9 +472,22 @@ fn desired_entry(
     if current.is_none() && listeners.is_empty() {
         return None;
     }
-    let mut entry = current.cloned().unwrap_or_default();
-    for key in RAFT_KEYS {
-        entry.remove(key);
+    // Only the parts that are kept are copied: our listeners (thousands of services)
+    // are rebuilt, so cloning the whole current entry first would copy them for nothing.
+    let mut entry = Map::new();
+    let mut existing: &[Value] = &[];
+    for (key, value) in current.into_iter().flatten() {
+        if RAFT_KEYS.contains(&key.as_str()) {
+            continue;
+        }
+        if key == "Listeners" {
+            // A Listeners value that is not an array is dropped (it cannot be valid).
+            if let Value::Array(listeners) = value {
+                existing = listeners;
+            }
+            continue;
+        }
+        entry.insert(key.clone(), value.clone());
     }
     entry
         .entry("Kind")
@@ -496,19 +507,15 @@ fn desired_entry(
             .get(&port)
             .map(|services| our_listener(port, protocol, services, existing))
     };
-    let existing = match entry.remove("Listeners") {
-        Some(Value::Array(existing)) => existing,
-        _ => Vec::new(),
-    };
     let mut written = BTreeSet::new();
     let mut result = Vec::new();
     for listener in existing {
         match ours_at(listener.get("Port").and_then(Value::as_u64)) {
-            None => result.push(listener),
+            None => result.push(listener.clone()),
             // A second listener on one of our ports cannot be valid; it is dropped.
             Some((port, protocol)) => {
                 if written.insert(port) {
-                    result.extend(build(port, protocol, Some(&listener)));
+                    result.extend(build(port, protocol, Some(listener)));
                 }
             }
         }
@@ -545,24 +552,33 @@ fn our_listener(
     services: &[(String, Vec<String>)],
     existing: Option<&Value>,
 ) -> Value {
-    let mut listener = existing
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default();
-    let mut existing_services: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
-    if let Some(Value::Array(current)) = listener.get("Services") {
-        for service in current.iter().filter_map(Value::as_object) {
-            if let Some(name) = service.get("Name").and_then(Value::as_str) {
-                existing_services
-                    .entry(name.to_owned())
-                    .or_insert_with(|| service.clone());
+    // Borrowed, not cloned: only the keys we carry over are copied (Services, Name and
+    // Hosts are replaced), so the current listener's services are not copied twice.
+    let mut listener = Map::new();
+    let mut existing_services: BTreeMap<&str, &Map<String, Value>> = BTreeMap::new();
+    for (key, value) in existing.and_then(Value::as_object).into_iter().flatten() {
+        if key != "Services" {
+            listener.insert(key.clone(), value.clone());
+            continue;
+        }
+        if let Value::Array(current) = value {
+            for service in current.iter().filter_map(Value::as_object) {
+                if let Some(name) = service.get("Name").and_then(Value::as_str) {
+                    existing_services.entry(name).or_insert(service);
+                }
             }
         }
     }
     let services: Vec<Value> = services
         .iter()
         .map(|(name, hosts)| {
-            let mut service = existing_services.remove(name).unwrap_or_default();
+            let mut service: Map<String, Value> = existing_services
+                .get(name.as_str())
+                .into_iter()
+                .flat_map(|existing| existing.iter())
+                .filter(|(key, _)| *key != "Name" && *key != "Hosts")
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect();
             service.insert("Name".into(), Value::from(name.as_str()));
             service.insert("Hosts".into(), Value::from(hosts.clone()));
             Value::Object(service)
@@ -576,66 +592,158 @@ fn our_listener(
 
 /// Equality of two entries ignoring listener/service/host order, `Hosts` null vs [] vs
 /// absent, protocol case, and `CreateIndex`/`ModifyIndex`/`Hash`.
+///
+/// Compared in place, without building normalised copies: with thousands of services
+/// each copy of an entry is megabytes, and this runs on every reconcile. The result is
+/// the same as comparing canonical forms (see the `normalized` test oracle).
 pub fn entries_equal(a: &Value, b: &Value) -> bool {
-    normalized(a) == normalized(b)
+    match (a, b) {
+        (Value::Object(a), Value::Object(b)) => entry_maps_equal(a, b),
+        _ => a == b,
+    }
 }
 
-/// The entry in a canonical form. Also treats `Listeners` null/[]/absent alike and an
-/// empty listener protocol as `tcp`, as Consul normalises them on write.
-fn normalized(entry: &Value) -> Value {
-    let mut entry = entry.clone();
-    let Value::Object(object) = &mut entry else {
-        return entry;
-    };
-    for key in RAFT_KEYS {
-        object.remove(key);
+/// [`entries_equal`] with the current entry as the watch decoded it.
+fn entry_equals_map(desired: &Value, current: &Map<String, Value>) -> bool {
+    match desired {
+        Value::Object(desired) => entry_maps_equal(desired, current),
+        _ => false,
     }
-    match object.get_mut("Listeners") {
-        Some(Value::Array(listeners)) if !listeners.is_empty() => {
-            listeners.iter_mut().for_each(normalize_listener);
-            listeners
-                .sort_by_cached_key(|l| (l.get("Port").and_then(Value::as_u64), l.to_string()));
-        }
-        Some(Value::Array(_) | Value::Null) => {
-            object.remove("Listeners");
-        }
-        _ => {}
-    }
-    entry
 }
 
-fn normalize_listener(listener: &mut Value) {
-    let Value::Object(listener) = listener else {
-        return;
+fn entry_maps_equal(a: &Map<String, Value>, b: &Map<String, Value>) -> bool {
+    // `Listeners` null, [] and absent are alike, as Consul normalises them on write.
+    let skipped = ["CreateIndex", "ModifyIndex", "Hash", "Listeners"];
+    other_fields_equal(a, b, &skipped)
+        && match (list_field(a, "Listeners"), list_field(b, "Listeners")) {
+            (None, None) => true,
+            (Some(Value::Array(a)), Some(Value::Array(b))) => same_elements(
+                a,
+                b,
+                |l| l.get("Port").and_then(Value::as_u64),
+                listeners_equal,
+            ),
+            (Some(a), Some(b)) => a == b,
+            _ => false,
+        }
+}
+
+/// A list-valued key, `None` when it is absent, null or empty (all alike to Consul).
+fn list_field<'m>(map: &'m Map<String, Value>, key: &str) -> Option<&'m Value> {
+    match map.get(key) {
+        Some(Value::Array(list)) if list.is_empty() => None,
+        Some(Value::Null) | None => None,
+        Some(value) => Some(value),
+    }
+}
+
+/// Whether the keys of `a` and `b` other than `skipped` are the same, with equal values.
+fn other_fields_equal(a: &Map<String, Value>, b: &Map<String, Value>, skipped: &[&str]) -> bool {
+    let kept = |map: &Map<String, Value>| {
+        map.iter()
+            .filter(|(key, _)| !skipped.contains(&key.as_str()))
+            .count()
     };
-    let protocol = match listener.get("Protocol") {
-        Some(Value::String(p)) if !p.is_empty() => p.to_lowercase(),
-        Some(Value::String(_) | Value::Null) | None => "tcp".to_owned(),
-        Some(other) => other.to_string(),
+    kept(a) == kept(b)
+        && a.iter()
+            .filter(|(key, _)| !skipped.contains(&key.as_str()))
+            .all(|(key, value)| b.get(key) == Some(value))
+}
+
+/// Multiset equality under `equal` (an equivalence): elements are grouped by `key`
+/// (equal elements must have equal keys), then matched within each group.
+fn same_elements<'v, K: Ord>(
+    a: &'v [Value],
+    b: &'v [Value],
+    key: impl Fn(&'v Value) -> K,
+    equal: impl Fn(&Value, &Value) -> bool,
+) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let sorted = |items: &'v [Value]| {
+        let mut keyed: Vec<(K, &'v Value)> = items.iter().map(|v| (key(v), v)).collect();
+        keyed.sort_by(|x, y| x.0.cmp(&y.0));
+        keyed
     };
-    listener.insert("Protocol".into(), Value::from(protocol));
-    if let Some(Value::Array(services)) = listener.get_mut("Services") {
-        for service in services.iter_mut() {
-            let Value::Object(service) = service else {
-                continue;
-            };
-            match service.get_mut("Hosts") {
-                Some(Value::Array(hosts)) if !hosts.is_empty() => {
-                    hosts.sort_by_cached_key(Value::to_string);
+    let (a, b) = (sorted(a), sorted(b));
+    let mut start = 0;
+    while start < a.len() {
+        let mut end = start + 1;
+        while end < a.len() && a[end].0 == a[start].0 {
+            end += 1;
+        }
+        // Same group boundaries on both sides, or the multisets differ.
+        if b[start].0 != a[start].0 || b[end - 1].0 != a[start].0 {
+            return false;
+        }
+        if end < b.len() && b[end].0 == a[start].0 {
+            return false;
+        }
+        let (group_a, group_b) = (&a[start..end], &b[start..end]);
+        if let ([(_, x)], [(_, y)]) = (group_a, group_b) {
+            // The usual case: one service per name, one listener per port.
+            if !equal(x, y) {
+                return false;
+            }
+        } else {
+            let mut used = vec![false; group_b.len()];
+            for (_, x) in group_a {
+                match (0..group_b.len()).find(|&i| !used[i] && equal(x, group_b[i].1)) {
+                    Some(i) => used[i] = true,
+                    None => return false,
                 }
-                Some(Value::Array(_) | Value::Null) => {
-                    service.remove("Hosts");
-                }
-                _ => {}
             }
         }
-        services.sort_by_cached_key(|s| {
-            (
-                s.get("Name").and_then(Value::as_str).map(str::to_owned),
-                s.to_string(),
-            )
-        });
+        start = end;
     }
+    true
+}
+
+/// A listener's protocol as Consul normalises it: lower case, empty means tcp.
+fn listener_protocol(listener: &Map<String, Value>) -> std::borrow::Cow<'_, str> {
+    match listener.get("Protocol") {
+        Some(Value::String(p)) if !p.is_empty() => p.to_lowercase().into(),
+        Some(Value::String(_) | Value::Null) | None => "tcp".into(),
+        Some(other) => other.to_string().into(),
+    }
+}
+
+fn listeners_equal(a: &Value, b: &Value) -> bool {
+    let (Value::Object(a), Value::Object(b)) = (a, b) else {
+        return a == b;
+    };
+    if listener_protocol(a) != listener_protocol(b) {
+        return false;
+    }
+    if !other_fields_equal(a, b, &["Protocol", "Services"]) {
+        return false;
+    }
+    match (a.get("Services"), b.get("Services")) {
+        (Some(Value::Array(a)), Some(Value::Array(b))) => same_elements(
+            a,
+            b,
+            |s| s.get("Name").and_then(Value::as_str),
+            services_equal,
+        ),
+        (a, b) => a == b,
+    }
+}
+
+fn services_equal(a: &Value, b: &Value) -> bool {
+    let (Value::Object(a), Value::Object(b)) = (a, b) else {
+        return a == b;
+    };
+    // `Hosts` null, [] and absent are alike; a non-empty list is compared as a multiset.
+    other_fields_equal(a, b, &["Hosts"])
+        && match (list_field(a, "Hosts"), list_field(b, "Hosts")) {
+            (None, None) => true,
+            (Some(Value::Array(a)), Some(Value::Array(b))) => {
+                same_elements(a, b, Value::as_str, |x, y| x == y)
+            }
+            (Some(a), Some(b)) => a == b,
+            _ => false,
+        }
 }
 
 #[cfg(test)]
@@ -1533,9 +1641,193 @@ mod tests {
         assert_eq!(first.warnings, sorted);
     }
 
+    /// The canonical form `entries_equal` used to build and compare (kept as the
+    /// oracle for the in-place comparison).
+    /// The entry in a canonical form. Also treats `Listeners` null/[]/absent alike and an
+    /// empty listener protocol as `tcp`, as Consul normalises them on write.
+    fn normalized(entry: &Value) -> Value {
+        let mut entry = entry.clone();
+        let Value::Object(object) = &mut entry else {
+            return entry;
+        };
+        for key in RAFT_KEYS {
+            object.remove(key);
+        }
+        match object.get_mut("Listeners") {
+            Some(Value::Array(listeners)) if !listeners.is_empty() => {
+                listeners.iter_mut().for_each(normalize_listener);
+                listeners
+                    .sort_by_cached_key(|l| (l.get("Port").and_then(Value::as_u64), l.to_string()));
+            }
+            Some(Value::Array(_) | Value::Null) => {
+                object.remove("Listeners");
+            }
+            _ => {}
+        }
+        entry
+    }
+
+    fn normalize_listener(listener: &mut Value) {
+        let Value::Object(listener) = listener else {
+            return;
+        };
+        let protocol = match listener.get("Protocol") {
+            Some(Value::String(p)) if !p.is_empty() => p.to_lowercase(),
+            Some(Value::String(_) | Value::Null) | None => "tcp".to_owned(),
+            Some(other) => other.to_string(),
+        };
+        listener.insert("Protocol".into(), Value::from(protocol));
+        if let Some(Value::Array(services)) = listener.get_mut("Services") {
+            for service in services.iter_mut() {
+                let Value::Object(service) = service else {
+                    continue;
+                };
+                match service.get_mut("Hosts") {
+                    Some(Value::Array(hosts)) if !hosts.is_empty() => {
+                        hosts.sort_by_cached_key(Value::to_string);
+                    }
+                    Some(Value::Array(_) | Value::Null) => {
+                        service.remove("Hosts");
+                    }
+                    _ => {}
+                }
+            }
+            services.sort_by_cached_key(|s| {
+                (
+                    s.get("Name").and_then(Value::as_str).map(str::to_owned),
+                    s.to_string(),
+                )
+            });
+        }
+    }
+
     mod properties {
         use super::*;
         use proptest::prelude::*;
+
+        fn json_value() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                Just(json!("x")),
+                Just(json!("y")),
+                Just(json!("X")),
+                Just(json!(1)),
+                Just(json!(null)),
+                Just(json!([])),
+            ]
+        }
+
+        /// An optional key: absent (None) or one of a few values.
+        fn field(values: Vec<Value>) -> impl Strategy<Value = Option<Value>> {
+            prop::option::of(prop::sample::select(values))
+        }
+
+        fn put(map: &mut Map<String, Value>, key: &str, value: Option<Value>) {
+            if let Some(value) = value {
+                map.insert(key.to_owned(), value);
+            }
+        }
+
+        fn any_service() -> impl Strategy<Value = Value> {
+            (
+                field(vec![json!("a"), json!("b"), json!(1)]),
+                prop_oneof![
+                    Just(None),
+                    Just(Some(json!(null))),
+                    prop::collection::vec(json_value(), 0..3).prop_map(|h| Some(Value::from(h))),
+                ],
+                field(vec![json!({"k": "v"}), json!(null)]),
+                any::<bool>(),
+            )
+                .prop_map(|(name, hosts, headers, not_object)| {
+                    if not_object {
+                        return json!("svc");
+                    }
+                    let mut service = Map::new();
+                    put(&mut service, "Name", name);
+                    put(&mut service, "Hosts", hosts);
+                    put(&mut service, "RequestHeaders", headers);
+                    Value::Object(service)
+                })
+        }
+
+        fn any_listener() -> impl Strategy<Value = Value> {
+            (
+                field(vec![json!(1), json!(2), json!("1")]),
+                field(vec![
+                    json!("http"),
+                    json!("HTTP"),
+                    json!(""),
+                    json!(null),
+                    json!("tcp"),
+                    json!(5),
+                    json!("5"),
+                ]),
+                prop_oneof![
+                    Just(None),
+                    Just(Some(json!(null))),
+                    prop::collection::vec(any_service(), 0..4).prop_map(|s| Some(Value::from(s))),
+                ],
+                field(vec![json!({"Enabled": true})]),
+            )
+                .prop_map(|(port, protocol, services, tls)| {
+                    let mut listener = Map::new();
+                    put(&mut listener, "Port", port);
+                    put(&mut listener, "Protocol", protocol);
+                    put(&mut listener, "Services", services);
+                    put(&mut listener, "TLS", tls);
+                    Value::Object(listener)
+                })
+        }
+
+        fn any_entry() -> impl Strategy<Value = Value> {
+            (
+                prop_oneof![
+                    Just(None),
+                    Just(Some(json!(null))),
+                    Just(Some(json!("bad"))),
+                    prop::collection::vec(any_listener(), 0..4).prop_map(|l| Some(Value::from(l))),
+                ],
+                field(vec![json!({"managed-by": MANAGED_BY}), json!({})]),
+                field(vec![json!(3), json!(4)]),
+            )
+                .prop_map(|(listeners, meta, index)| {
+                    let mut entry = Map::new();
+                    entry.insert("Kind".into(), json!("ingress-gateway"));
+                    entry.insert("Name".into(), json!("edge"));
+                    put(&mut entry, "Listeners", listeners);
+                    put(&mut entry, "Meta", meta);
+                    put(&mut entry, "ModifyIndex", index);
+                    Value::Object(entry)
+                })
+        }
+
+        /// The same entry as Consul might hand it back: every list reversed, empty host
+        /// lists as null, protocols in upper case, Raft indexes added.
+        fn scrambled(entry: &Value) -> Value {
+            let mut entry = entry.clone();
+            entry["CreateIndex"] = json!(1);
+            if let Some(Value::Array(listeners)) = entry.get_mut("Listeners") {
+                listeners.reverse();
+                for listener in listeners.iter_mut().filter_map(Value::as_object_mut) {
+                    if let Some(Value::String(p)) = listener.get_mut("Protocol") {
+                        *p = p.to_uppercase();
+                    }
+                    if let Some(Value::Array(services)) = listener.get_mut("Services") {
+                        services.reverse();
+                        for service in services.iter_mut().filter_map(Value::as_object_mut) {
+                            match service.get_mut("Hosts") {
+                                Some(Value::Array(hosts)) if hosts.is_empty() => {
+                                    service.insert("Hosts".into(), json!(null));
+                                }
+                                Some(Value::Array(hosts)) => hosts.reverse(),
+                                _ => {}
+                            }
+                        }
+                    }
+                }
+            }
+            entry
+        }
 
         fn host() -> impl Strategy<Value = String> {
             prop_oneof![
@@ -1554,6 +1846,19 @@ mod tests {
                 prop_oneof![Just("http"), Just("tcp"), Just("grpc"), Just("http2")]
                     .prop_map(str::to_owned),
             )
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1000))]
+            /// The in-place comparison agrees with comparing canonical forms.
+            #[test]
+            fn entries_equal_matches_the_canonical_form(a in any_entry(), b in any_entry()) {
+                for (x, y) in [(&a, &b), (&a, &scrambled(&a)), (&b, &scrambled(&a))] {
+                    let want = normalized(x) == normalized(y);
+                    prop_assert_eq!(entries_equal(x, y), want, "{} vs {}", x, y);
+                    prop_assert_eq!(entries_equal(y, x), want, "{} vs {}", y, x);
+                }
+            }
         }
 
         proptest! {
