@@ -50,6 +50,20 @@ pub const AGENT_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEREGISTER_TIMEOUT: Duration = Duration::from_millis(4000);
 /// Re-reads after a CAS miss within one reconcile before backing off.
 const CAS_ATTEMPTS: usize = 5;
+/// Meta key of the entry: the catalog index (`X-Consul-Index` of `/v1/catalog/services`)
+/// the written entry was planned from. Several instances of the daemon (one per gateway
+/// allocation) share the entry, and their watches see a change a few milliseconds
+/// apart: an instance whose catalog is older than the one the entry was planned from
+/// waits for its watch to catch up instead of writing its older view back (a flap that
+/// would briefly undo a route for everyone).
+pub const CATALOG_INDEX_META: &str = "ingress-service-monitor-catalog-index";
+/// An instance defers to a newer plan this long at most, then writes anyway: after a
+/// snapshot restore every recorded index looks newer than any index Consul now sends.
+const DEFER_LIMIT: Duration = Duration::from_secs(5);
+/// Consul's limit on config-entry Meta pairs (consul-api §6.2).
+const MAX_ENTRY_META: usize = 64;
+/// While deferring, look again this often (the catalog watch usually wakes us first).
+const DEFER_RECHECK: Duration = Duration::from_millis(250);
 
 /// Sidecar proxies copy their parent's tags: only typical services may be exposed.
 const CATALOG_PATH: &str = "/v1/catalog/services?filter=ServiceKind%20%3D%3D%20%22%22";
@@ -190,6 +204,9 @@ impl Drop for TaskSet {
 struct Observed<T> {
     value: Option<T>,
     problem: Option<String>,
+    /// `X-Consul-Index` of the answer `value` came from. Updated silently: a new index
+    /// with the same value wakes no one.
+    index: Option<u64>,
 }
 
 impl<T> Default for Observed<T> {
@@ -197,6 +214,7 @@ impl<T> Default for Observed<T> {
         Observed {
             value: None,
             problem: None,
+            index: None,
         }
     }
 }
@@ -303,15 +321,18 @@ where
         let mut log = ProblemLog::new(activity);
         loop {
             let outcome = blocking.next().await.and_then(|response| {
-                decode(&response).map_err(|message| ConsulError {
-                    endpoint: endpoint.clone(),
-                    kind: ErrorKind::Decode(message),
-                })
+                decode(&response)
+                    .map(|value| (value, response.index))
+                    .map_err(|message| ConsulError {
+                        endpoint: endpoint.clone(),
+                        kind: ErrorKind::Decode(message),
+                    })
             });
             match outcome {
-                Ok(value) => {
+                Ok((value, index)) => {
                     log.ok();
                     tx.send_if_modified(|observed| {
+                        observed.index = index;
                         let mut modified = observed.problem.take().is_some();
                         if observed.value.as_ref() != Some(&value) {
                             observed.value = Some(value);
@@ -373,6 +394,21 @@ fn decode_entry(response: &Response) -> Result<Entry, String> {
         .map_err(|e| e.to_string())
 }
 
+/// The catalog index a daemon recorded in the entry's Meta when it wrote it.
+fn planned_from(entry: &Entry) -> Option<u64> {
+    let meta = entry.as_ref()?.get("Meta")?;
+    meta.get(CATALOG_INDEX_META)?.as_str()?.parse().ok()
+}
+
+/// The entry without our catalog-index stamp: the planner compares content, and a stamp
+/// that differs is no reason to write.
+fn without_stamp(mut entry: Entry) -> Entry {
+    if let Some(Value::Object(meta)) = entry.as_mut().and_then(|e| e.get_mut("Meta")) {
+        meta.remove(CATALOG_INDEX_META);
+    }
+    entry
+}
+
 fn modify_index(entry: &Entry) -> Option<u64> {
     entry
         .as_ref()
@@ -403,6 +439,9 @@ struct Reconciler {
     seen_defaults: Option<BTreeMap<String, String>>,
     warnings: BTreeSet<Warning>,
     last_sync: Option<SystemTime>,
+    /// Since when the entry's write has waited for our catalog to catch up with the
+    /// one it was planned from (see [`CATALOG_INDEX_META`]).
+    deferring_since: Option<Instant>,
     backoff: Backoff,
     entry_log: ProblemLog,
     register_log: ProblemLog,
@@ -432,6 +471,7 @@ impl Reconciler {
             seen_defaults: None,
             warnings: BTreeSet::new(),
             last_sync: None,
+            deferring_since: None,
             backoff: Backoff::new(),
             entry_log: ProblemLog::new("write ingress-gateway entry"),
             register_log: ProblemLog::new("register ingress service"),
@@ -456,7 +496,8 @@ impl Reconciler {
             let retry_at = match outcome {
                 Ok(()) => {
                     self.backoff.reset();
-                    None
+                    // Deferring to a newer plan: look again soon, whatever wakes us.
+                    self.deferring_since.map(|_| Instant::now() + DEFER_RECHECK)
                 }
                 Err(_) => Some(Instant::now() + self.backoff.next_delay()),
             };
@@ -582,7 +623,7 @@ impl Reconciler {
     }
 
     fn plan(&mut self) -> Plan {
-        let entry = self.entry_view();
+        let entry = without_stamp(self.entry_view());
         let protocols = self.protocols();
         let catalog = self.inputs.catalog.borrow();
         let empty = Catalog::new();
@@ -631,14 +672,42 @@ impl Reconciler {
         for _ in 0..CAS_ATTEMPTS {
             if !plan.entry_needs_write {
                 self.entry_log.ok();
+                self.deferring_since = None;
                 return Ok(());
             }
-            let Some(desired) = plan.desired_entry.take() else {
+            let Some(mut desired) = plan.desired_entry.take() else {
+                self.deferring_since = None;
                 return Ok(());
             };
             let watched_index = modify_index(&self.inputs.entry.borrow().value.clone().flatten());
             let current = self.entry_view();
             let cas = modify_index(&current).unwrap_or(0);
+            let ours = self.inputs.catalog.borrow().index;
+            if let (Some(theirs), Some(ours)) = (planned_from(&current), ours) {
+                if theirs > ours {
+                    let since = *self.deferring_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() < DEFER_LIMIT {
+                        tracing::debug!(
+                            theirs,
+                            ours,
+                            "the entry was planned from a newer catalog than ours; waiting for our catalog watch"
+                        );
+                        return Ok(());
+                    }
+                    tracing::info!(
+                        theirs,
+                        ours,
+                        "the entry's catalog index stayed ahead of ours for {DEFER_LIMIT:?} (index reset?); writing our plan"
+                    );
+                }
+            }
+            self.deferring_since = None;
+            if let (Some(ours), Some(Value::Object(meta))) = (ours, desired.get_mut("Meta")) {
+                // Consul allows 64 Meta pairs; the stamp never takes the last place.
+                if meta.len() < MAX_ENTRY_META {
+                    meta.insert(CATALOG_INDEX_META.into(), Value::String(ours.to_string()));
+                }
+            }
             match self.put_config(&desired, cas).await {
                 Ok(true) => {
                     self.entry_log.ok();

@@ -117,3 +117,46 @@ fn cas_misses(sim: &consul_sim::Sim) -> usize {
         .filter(|r| r.method == "PUT" && r.path == "/v1/config" && r.response_bytes == 5)
         .count()
 }
+
+#[test]
+fn an_entry_planned_from_a_newer_catalog_is_not_overwritten_at_once() {
+    let sim = sim_http();
+    sim.add_service(service("shop", &[host_tag(0, 1).as_str()]));
+    // Another instance wrote this from a catalog far ahead of ours: as after a snapshot
+    // restore, our watch never catches up, so the daemon writes after its limit.
+    sim.put_config(
+        serde_json::json!({
+            "Kind": "ingress-gateway", "Name": GATEWAY,
+            "Meta": {
+                "managed-by": "ingress-service-monitor",
+                "ingress-service-monitor-catalog-index": "1000000"
+            },
+            "Listeners": [{"Port": 9997, "Protocol": "http",
+                "Services": [{"Name": "shop", "Hosts": ["s0-v0.example.com"]}]}]
+        }),
+        None,
+    )
+    .expect("entry accepted");
+    let started = std::time::Instant::now();
+    let daemon = Daemon::start(&base_env(&sim));
+    wait_until(EVENTUALLY, "registered at once", || {
+        sim.agent_service(INGRESS_ID).is_some()
+    });
+    wait_until(EVENTUALLY, "our plan written in the end", || {
+        routes(&sim, 9997) == [route("shop", &["s0-v1.example.com"])]
+    });
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(4),
+        "wrote over a newer plan after {took:?}, without waiting"
+    );
+    daemon.wait_output(EVENTUALLY, "stayed ahead of ours");
+    // The written entry records the catalog index it was planned from.
+    let stamp =
+        entry(&sim).expect("entry")["Meta"]["ingress-service-monitor-catalog-index"].clone();
+    let ours: u64 = stamp
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("numeric stamp");
+    assert!(ours > 0 && ours < 1_000_000, "stamp {stamp}");
+}
