@@ -726,7 +726,8 @@ fn bracket_ipv6(host: &str) -> String {
 }
 
 /// Query-string encoding: everything but RFC 3986 unreserved characters is escaped.
-fn percent_encode(s: &str) -> String {
+/// Percent-encodes everything but RFC 3986's unreserved characters (query values).
+pub(crate) fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
