@@ -63,7 +63,7 @@ const DEFER_LIMIT: Duration = Duration::from_secs(5);
 /// Consul's limit on config-entry Meta pairs (consul-api §6.2).
 const MAX_ENTRY_META: usize = 64;
 /// While deferring, look again this often (the catalog watch usually wakes us first).
-const DEFER_RECHECK: Duration = Duration::from_millis(250);
+const DEFER_RECHECK: Duration = Duration::from_secs(1);
 
 const SERVICE_DEFAULTS_PATH: &str = "/v1/config/service-defaults";
 const PROXY_DEFAULTS_PATH: &str = "/v1/config/proxy-defaults/global";
@@ -432,6 +432,19 @@ struct LocalEntry {
     entry: Entry,
 }
 
+/// What the last plan was made from.
+#[derive(Debug, Clone, Copy, Default)]
+struct Basis {
+    /// The entry's `ModifyIndex` (0: no entry): the write's `cas`, so that an entry that
+    /// changed after planning (a hand edit during a slow service-defaults write, say)
+    /// makes the write miss and the daemon plan again, instead of overwriting the edit.
+    cas: u64,
+    /// The entry's recorded catalog index ([`CATALOG_INDEX_META`]).
+    stamp: Option<u64>,
+    /// The catalog index the plan saw.
+    catalog_index: Option<u64>,
+}
+
 struct Reconciler {
     config: Arc<Config>,
     connection: Connection,
@@ -451,6 +464,7 @@ struct Reconciler {
     /// Since when the entry's write has waited for our catalog to catch up with the
     /// one it was planned from (see [`CATALOG_INDEX_META`]).
     deferring_since: Option<Instant>,
+    basis: Basis,
     backoff: Backoff,
     entry_log: ProblemLog,
     register_log: ProblemLog,
@@ -481,6 +495,7 @@ impl Reconciler {
             warnings: BTreeSet::new(),
             last_sync: None,
             deferring_since: None,
+            basis: Basis::default(),
             backoff: Backoff::new(),
             entry_log: ProblemLog::new("write ingress-gateway entry"),
             register_log: ProblemLog::new("register ingress service"),
@@ -554,6 +569,10 @@ impl Reconciler {
         // is made again only when the world it was made from changed under a write.
         let mut plan = self.plan();
         let outcome = self.apply(&mut plan).await;
+        if outcome.is_err() {
+            // A deferral is only ever to the plan seen in this pass.
+            self.deferring_since = None;
+        }
         self.log_warnings(&plan.warnings);
         let problem = match &outcome {
             Err(err) => Some(err.to_string()),
@@ -633,10 +652,18 @@ impl Reconciler {
         }
     }
 
+    /// Plans from the latest state of every watch, and records in `self.basis` what the
+    /// plan was made from, for the write that follows.
     fn plan(&mut self) -> Plan {
-        let entry = without_stamp(self.entry_view());
+        let current = self.entry_view();
         let protocols = self.protocols();
         let catalog = self.inputs.catalog.borrow();
+        self.basis = Basis {
+            cas: modify_index(&current).unwrap_or(0),
+            stamp: planned_from(&current),
+            catalog_index: catalog.index,
+        };
+        let entry = without_stamp(current);
         let empty = Catalog::new();
         plan::plan(plan::Inputs {
             catalog: catalog.value.as_ref().unwrap_or(&empty),
@@ -691,13 +718,18 @@ impl Reconciler {
                 return Ok(());
             };
             let watched_index = modify_index(&self.inputs.entry.borrow().value.clone().flatten());
-            let current = self.entry_view();
-            let cas = modify_index(&current).unwrap_or(0);
-            let ours = self.inputs.catalog.borrow().index;
-            if let (Some(theirs), Some(ours)) = (planned_from(&current), ours) {
+            let Basis {
+                cas,
+                stamp,
+                catalog_index: ours,
+            } = self.basis;
+            if let (Some(theirs), Some(ours)) = (stamp, ours) {
                 if theirs > ours {
                     let since = *self.deferring_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() < DEFER_LIMIT {
+                    // A catalog watch that is failing will not catch up: keep waiting
+                    // rather than write an old view (its error is on /health meanwhile).
+                    let watch_failing = self.inputs.catalog.borrow().problem.is_some();
+                    if since.elapsed() < DEFER_LIMIT || watch_failing {
                         tracing::debug!(
                             theirs,
                             ours,

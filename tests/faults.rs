@@ -136,3 +136,36 @@ fn an_index_reset_is_followed_by_a_fresh_read() {
     });
     wait_until(EVENTUALLY, "/health ok", || daemon.health().0 == 200);
 }
+
+#[test]
+fn a_passing_error_clears_from_health_without_a_catalog_change() {
+    let sim = sim_http();
+    sim.add_service(service("shop", &[SHOP]));
+    let daemon = Daemon::start(&base_env(&sim));
+    wait_until(EVENTUALLY, "converged", || {
+        routes(&sim, 9997) == [route("shop", &["shop.example.com"])]
+    });
+    wait_until(EVENTUALLY, "/health ok", || daemon.health().0 == 200);
+    wait_until(EVENTUALLY, "the catalog watch parked", || {
+        sim.in_flight().iter().any(|(_, method, path, query)| {
+            method == "GET" && path == "/v1/catalog/services" && query.contains("index=")
+        })
+    });
+
+    // Every parked watch loses its connection; nothing in Consul changes afterwards, so
+    // a watch that went back to waiting on its old index would keep the error (and
+    // /health at 503) for the whole blocking wait.
+    let indexes = sim.indexes();
+    sim.stop_listening();
+    wait_until(EVENTUALLY, "/health reports the broken watches", || {
+        daemon.health().0 == 503
+    });
+    sim.start_listening();
+    wait_until(EVENTUALLY, "/health ok again", || daemon.health().0 == 200);
+    daemon.wait_output(EVENTUALLY, "succeeded again");
+    assert_eq!(
+        sim.indexes(),
+        indexes,
+        "nothing changed in Consul meanwhile"
+    );
+}

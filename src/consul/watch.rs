@@ -81,7 +81,8 @@ impl BlockingWatch {
 
     /// The next answer whose index differs from the last one reported (the first call
     /// answers at once). Status 200 or 404. On error, returns the error; the following
-    /// call first waits the backoff. Never returns the same index twice in a row.
+    /// call first waits the backoff. Never returns the same index twice in a row, except
+    /// right after an error (see `failed`).
     pub async fn next(&mut self) -> Result<Response, ConsulError> {
         loop {
             if let Some(delay) = self.pending_backoff.take() {
@@ -140,8 +141,14 @@ impl BlockingWatch {
         (url, self.wait + self.wait / 16 + TIMEOUT_MARGIN)
     }
 
+    /// After a failure the caller holds an error, not the data: the next read is
+    /// non-blocking and its answer is reported even when the index did not move, so the
+    /// caller learns at once that the endpoint works again (otherwise it would wait for
+    /// the next change, possibly for hours, before clearing the error).
     fn failed(&mut self, e: ConsulError) -> ConsulError {
         self.pending_backoff = Some(self.backoff.next_delay());
+        self.index = 0;
+        self.reported = None;
         e
     }
 }
@@ -422,6 +429,31 @@ mod tests {
                     "/v1/config/service-defaults",
                     "/v1/config/service-defaults?index=1&wait=300s",
                 ]
+            );
+        });
+    }
+
+    #[test]
+    fn after_an_error_the_unchanged_answer_is_reported_at_once() {
+        rt().block_on(async {
+            let (mut server, mut w) = watch(
+                vec![
+                    reply(200, Some(7), "a"),
+                    reply(500, None, "No cluster leader"),
+                    reply(200, Some(7), "a"),
+                ],
+                "/v1/catalog/services",
+            )
+            .await;
+            assert_eq!(w.next().await.expect("first").index, Some(7));
+            w.next().await.expect_err("500");
+            // Same index as before the error: still an answer, so the error clears.
+            assert_eq!(w.next().await.expect("recovered").index, Some(7));
+            let uris = uris(&mut server);
+            assert_eq!(
+                uris.last().map(String::as_str),
+                Some("/v1/catalog/services"),
+                "the read after an error does not block: {uris:?}"
             );
         });
     }
