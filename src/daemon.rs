@@ -60,8 +60,6 @@ pub const CATALOG_INDEX_META: &str = "ingress-service-monitor-catalog-index";
 /// An instance defers to a newer plan this long at most, then writes anyway: after a
 /// snapshot restore every recorded index looks newer than any index Consul now sends.
 const DEFER_LIMIT: Duration = Duration::from_secs(5);
-/// Consul's limit on config-entry Meta pairs (consul-api §6.2).
-const MAX_ENTRY_META: usize = 64;
 /// While deferring, look again this often (the catalog watch usually wakes us first).
 const DEFER_RECHECK: Duration = Duration::from_secs(1);
 
@@ -707,14 +705,14 @@ impl Reconciler {
     }
 
     async fn write_entry(&mut self, plan: &mut Plan) -> Result<(), Failure> {
+        // Only the deferral below keeps a deferral going; every other way out ends it.
+        let deferring_since = self.deferring_since.take();
         for _ in 0..CAS_ATTEMPTS {
             if !plan.entry_needs_write {
                 self.entry_log.ok();
-                self.deferring_since = None;
                 return Ok(());
             }
             let Some(mut desired) = plan.desired_entry.take() else {
-                self.deferring_since = None;
                 return Ok(());
             };
             let watched_index = modify_index(&self.inputs.entry.borrow().value.clone().flatten());
@@ -725,11 +723,12 @@ impl Reconciler {
             } = self.basis;
             if let (Some(theirs), Some(ours)) = (stamp, ours) {
                 if theirs > ours {
-                    let since = *self.deferring_since.get_or_insert_with(Instant::now);
+                    let since = deferring_since.unwrap_or_else(Instant::now);
                     // A catalog watch that is failing will not catch up: keep waiting
                     // rather than write an old view (its error is on /health meanwhile).
                     let watch_failing = self.inputs.catalog.borrow().problem.is_some();
                     if since.elapsed() < DEFER_LIMIT || watch_failing {
+                        self.deferring_since = Some(since);
                         tracing::debug!(
                             theirs,
                             ours,
@@ -744,10 +743,9 @@ impl Reconciler {
                     );
                 }
             }
-            self.deferring_since = None;
             if let (Some(ours), Some(Value::Object(meta))) = (ours, desired.get_mut("Meta")) {
                 // Consul allows 64 Meta pairs; the stamp never takes the last place.
-                if meta.len() < MAX_ENTRY_META {
+                if meta.len() < plan::MAX_META {
                     meta.insert(CATALOG_INDEX_META.into(), Value::String(ours.to_string()));
                 }
             }

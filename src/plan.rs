@@ -460,7 +460,7 @@ fn protocol_fix(service: &str, protocol: &str, protocols: &Protocols, config: &C
 
 const RAFT_KEYS: [&str; 3] = ["CreateIndex", "ModifyIndex", "Hash"];
 /// Consul's limit on config-entry Meta pairs (consul-api §6.2).
-const MAX_META: usize = 64;
+pub const MAX_META: usize = 64;
 
 /// The current entry with our listeners replaced; `None` when there is no entry and
 /// nothing to expose (an entry is never created just to be empty).

@@ -357,7 +357,7 @@ fn a_cas_conflict_is_resolved_by_reading_again_keeping_the_other_write() {
     theirs["Listeners"] = Value::Array(listeners);
     sim.race_next_config_write(theirs)
         .expect("race entry valid");
-    let puts_before = config_puts(&sim);
+    let puts_before = config_put_sizes(&sim);
     sim.add_service(service(
         "cart",
         &["gw-traefik.http.routers.cart.rule=Host(`cart.example.com`)"],
@@ -371,21 +371,12 @@ fn a_cas_conflict_is_resolved_by_reading_again_keeping_the_other_write() {
         converged(&sim, &both) && routes(&sim, 5432) == [route("db", &[])]
     });
     // The first write missed (false), the second, after reading again, landed.
-    let puts: Vec<usize> = config_puts(&sim)[puts_before.len()..].to_vec();
+    let puts: Vec<usize> = config_put_sizes(&sim)[puts_before.len()..].to_vec();
     assert_eq!(
         puts,
         [5, 4],
         "response sizes of the PUTs after the race (false, then true)"
     );
-}
-
-/// Response body sizes of the `PUT /v1/config` requests so far (`true` is 4, `false` 5).
-fn config_puts(sim: &Sim) -> Vec<usize> {
-    sim.requests()
-        .iter()
-        .filter(|r| r.method == "PUT" && r.path == "/v1/config")
-        .map(|r| r.response_bytes)
-        .collect()
 }
 
 #[test]

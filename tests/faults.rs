@@ -123,12 +123,7 @@ fn an_index_reset_is_followed_by_a_fresh_read() {
     // The catalog watch parks again. With an index from after the restore it wakes on the
     // next change; a watch that kept its old index would block the whole wait (5 min).
     wait_until(EVENTUALLY, "the catalog watch parked again", || {
-        sim.in_flight().iter().any(|(id, method, path, query)| {
-            *id > parked_before
-                && method == "GET"
-                && path == "/v1/catalog/services"
-                && query.contains("index=")
-        })
+        catalog_watch_parked(&sim, parked_before)
     });
     sim.add_service(service("cart", &[CART]));
     wait_until(EVENTUALLY, "the change after the restore is seen", || {
@@ -147,9 +142,7 @@ fn a_passing_error_clears_from_health_without_a_catalog_change() {
     });
     wait_until(EVENTUALLY, "/health ok", || daemon.health().0 == 200);
     wait_until(EVENTUALLY, "the catalog watch parked", || {
-        sim.in_flight().iter().any(|(_, method, path, query)| {
-            method == "GET" && path == "/v1/catalog/services" && query.contains("index=")
-        })
+        catalog_watch_parked(&sim, 0)
     });
 
     // Every parked watch loses its connection; nothing in Consul changes afterwards, so

@@ -12,18 +12,6 @@ use common::proxy::{HostileProxy, Mode};
 use common::*;
 use consul_sim::Sim;
 
-fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-        })
-        .expect("VmHWM")
-}
-
 /// Converges through the proxy, turns `mode` on and triggers a new catalog read, waits
 /// for `symptom` in the log and a 503 on /health, then turns it off and checks that the
 /// daemon converges on the next change. Returns the daemon (still running).
@@ -77,7 +65,7 @@ fn recover(sim: &Sim, daemon: &Daemon) {
 #[test]
 fn a_huge_catalog_is_cut_at_the_cap_with_bounded_memory() {
     let daemon = survives(Mode::Huge(50 * 1024 * 1024), "over the 32 MiB cap");
-    let peak = peak_rss_kib(daemon.pid());
+    let peak = proc_status_kib(daemon.pid(), "VmHWM:");
     eprintln!("peak RSS with a 50 MB catalog offered: {peak} KiB");
     // The cap (32 MiB) plus what the daemon needs anyway; reading the whole 50 MB, or
     // decoding it, would be far above.

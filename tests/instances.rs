@@ -49,7 +49,7 @@ fn three_instances_share_the_entry_without_flapping() {
         });
     }
     let writes_before = sim.entry_writes("ingress-gateway", GATEWAY);
-    let puts_before = config_puts(&sim);
+    let puts_before = config_put_sizes(&sim).len();
 
     for change in 0..CHANGES {
         let i = (change * 7) % SERVICES;
@@ -77,8 +77,12 @@ fn three_instances_share_the_entry_without_flapping() {
         });
     }
     let writes = sim.entry_writes("ingress-gateway", GATEWAY) - writes_before;
-    let puts = config_puts(&sim) - puts_before;
-    let misses = cas_misses(&sim);
+    let puts = config_put_sizes(&sim).len() - puts_before;
+    // CAS misses: PUTs answered `false` (5 bytes).
+    let misses = config_put_sizes(&sim)
+        .iter()
+        .filter(|&&size| size == 5)
+        .count();
     eprintln!(
         "{} instances, {CHANGES} catalog changes: {writes} entry writes that changed it, \
          {puts} PUT /v1/config requests in all, {misses} CAS misses",
@@ -92,30 +96,15 @@ fn three_instances_share_the_entry_without_flapping() {
     );
     // Quiet again: no instance undoes another's write.
     let quiet_writes = sim.entry_writes("ingress-gateway", GATEWAY);
-    let quiet_puts = config_puts(&sim);
+    let quiet_puts = config_put_sizes(&sim).len();
     std::thread::sleep(Duration::from_secs(2)); // the window measured, not a synchronisation
     assert_eq!(
         sim.entry_writes("ingress-gateway", GATEWAY),
         quiet_writes,
         "writes while idle"
     );
-    assert_eq!(config_puts(&sim), quiet_puts, "PUTs while idle");
+    assert_eq!(config_put_sizes(&sim).len(), quiet_puts, "PUTs while idle");
     drop(daemons);
-}
-
-fn config_puts(sim: &consul_sim::Sim) -> usize {
-    sim.requests()
-        .iter()
-        .filter(|r| r.method == "PUT" && r.path == "/v1/config")
-        .count()
-}
-
-/// `PUT /v1/config` answered `false` (5 bytes).
-fn cas_misses(sim: &consul_sim::Sim) -> usize {
-    sim.requests()
-        .iter()
-        .filter(|r| r.method == "PUT" && r.path == "/v1/config" && r.response_bytes == 5)
-        .count()
 }
 
 #[test]

@@ -30,22 +30,13 @@ struct Sample {
 }
 
 fn sample(pid: u32) -> Sample {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    let field = |name: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .expect("status field")
-    };
     let count = |dir: &str| {
         std::fs::read_dir(format!("/proc/{pid}/{dir}"))
             .map(|d| d.count())
             .unwrap_or(0)
     };
     Sample {
-        rss_kib: field("VmRSS:"),
+        rss_kib: proc_status_kib(pid, "VmRSS:"),
         fds: count("fd"),
         threads: count("task"),
     }

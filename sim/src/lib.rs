@@ -309,10 +309,7 @@ impl Sim {
     // --- config entries (no ACL; same validation as PUT /v1/config) ---
     /// Ok(true) written or identical, Ok(false) CAS miss, Err((status, text)) rejected.
     pub fn put_config(&self, entry: Value, cas: Option<u64>) -> Result<bool, (u16, String)> {
-        let enterprise = self.shared.lock().enterprise;
-        let mut entry = entries::decode(&entry, enterprise).map_err(|e| (400, e))?;
-        entries::normalize(&mut entry);
-        entries::validate(&entry).map_err(|e| (500, e))?;
+        let entry = self.checked_entry(&entry)?;
         let (outcome, changes) = self.shared.lock().write_entry(&entry, cas);
         self.shared.notify(changes);
         match outcome {
@@ -387,12 +384,19 @@ impl Sim {
     /// before the next API write of the same kind and name is applied, so that write's
     /// `cas` index is stale and it answers `false`.
     pub fn race_next_config_write(&self, entry: Value) -> Result<(), (u16, String)> {
-        let enterprise = self.shared.lock().enterprise;
-        let mut entry = entries::decode(&entry, enterprise).map_err(|e| (400, e))?;
-        entries::normalize(&mut entry);
-        entries::validate(&entry).map_err(|e| (500, e))?;
+        let entry = self.checked_entry(&entry)?;
         self.shared.lock().races.push(entry);
         Ok(())
+    }
+
+    /// Decodes, normalises and validates an entry as `PUT /v1/config` does before
+    /// applying it: Err((400 or 500, Consul's text)).
+    fn checked_entry(&self, entry: &Value) -> Result<entries::Entry, (u16, String)> {
+        let enterprise = self.shared.lock().enterprise;
+        let mut entry = entries::decode(entry, enterprise).map_err(|e| (400, e))?;
+        entries::normalize(&mut entry);
+        entries::validate(&entry).map_err(|e| (500, e))?;
+        Ok(entry)
     }
     pub fn inject(&self, fault: Fault) {
         self.shared.lock().faults.push(fault);

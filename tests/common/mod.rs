@@ -313,6 +313,38 @@ pub fn strings(items: &[&str]) -> Vec<String> {
 }
 
 /// Requests that wrote something (any method but GET).
+/// Response body sizes of the `PUT /v1/config` requests so far, in order: `true` is 4
+/// bytes, `false` (a CAS miss) 5.
+pub fn config_put_sizes(sim: &Sim) -> Vec<usize> {
+    sim.requests()
+        .iter()
+        .filter(|r| r.method == "PUT" && r.path == "/v1/config")
+        .map(|r| r.response_bytes)
+        .collect()
+}
+
+/// Whether a blocking catalog watch that arrived after request `after` (an id of
+/// [`Sim::in_flight`]) is parked in its wait.
+pub fn catalog_watch_parked(sim: &Sim, after: u64) -> bool {
+    sim.in_flight().iter().any(|(id, method, path, query)| {
+        *id > after && method == "GET" && path == "/v1/catalog/services" && query.contains("index=")
+    })
+}
+
+/// A field of `/proc/<pid>/status` in KiB (`VmRSS:`, `VmHWM:`).
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
+}
+
 pub fn write_requests(sim: &Sim) -> usize {
     sim.requests().iter().filter(|r| r.method != "GET").count()
 }
