@@ -5,10 +5,14 @@
 //! - [`config`] turns the environment into a typed, validated [`config::Config`] once.
 //! - [`consul`] is the edge: an HTTP/1.1 client over TCP, TLS or a Unix socket with
 //!   one keep-alive connection per user, the wire types, and the blocking-query watch.
-//! - [`tags`] and [`plan`] are the pure core: catalog + protocols + current entry in,
-//!   desired registration + desired config entry + warnings out. No I/O, no async.
-//! - [`daemon`] runs the watches, debounces, plans, applies only differences (CAS),
-//!   publishes health, and deregisters on shutdown.
+//! - [`model`], [`tags`] and [`plan`] are the pure core: catalog + protocols + the
+//!   entries Consul holds in, desired registration + desired entries + warnings out. No
+//!   I/O, no async.
+//! - [`reconcile`] turns the watches into passes: snapshot, plan, a pure diff into
+//!   operations, apply them with CAS, report to /health.
+//! - [`daemon`] wires the watches, the reconciler and /health together, and shuts down
+//!   in one place (the write in flight finishes, then the ingress service is
+//!   deregistered).
 //! - [`health`] serves `/health`; [`shutdown`] turns signals into one future.
 #![forbid(unsafe_code)]
 
@@ -16,6 +20,8 @@ pub mod config;
 pub mod consul;
 pub mod daemon;
 pub mod health;
+pub mod model;
 pub mod plan;
+pub mod reconcile;
 pub mod shutdown;
 pub mod tags;

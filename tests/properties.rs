@@ -14,7 +14,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use consul_sim::{Sim, SimOptions};
 use ingress_service_monitor::config::{from_env, Config};
-use ingress_service_monitor::plan::{self, Catalog, Protocols};
+use ingress_service_monitor::model::{Catalog, Entries, Protocols};
+use ingress_service_monitor::plan::{self, PlanSettings, Snapshot};
+use ingress_service_monitor::reconcile::diff::{diff, Observed, Op, Stamping};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 
@@ -186,13 +188,54 @@ fn foreign_listeners(entry: &Value) -> Vec<Value> {
     out
 }
 
-fn plan_for(case: &Case, current: Option<&Map<String, Value>>, config: &Config) -> plan::Plan {
-    plan::plan(plan::Inputs {
+/// What the daemon would do with the gateway's entry: the desired entry, and the write
+/// the diff makes of it (body and cas), if any.
+#[derive(Debug, Clone, PartialEq)]
+struct Planned {
+    entry: Option<Value>,
+    write: Option<(Value, u64)>,
+    create_service_defaults: Vec<String>,
+}
+
+fn plan_for(case: &Case, current: Option<&Map<String, Value>>, config: &Config) -> Planned {
+    let settings = PlanSettings::from_config(config);
+    let key = settings.gateway_key();
+    let mut entries = Entries::new();
+    if let Some(current) = current {
+        entries.insert(key.clone(), current);
+    }
+    let snapshot = Snapshot {
         catalog: &case.catalog,
         protocols: &case.protocols,
-        current_entry: current,
-        config,
-    })
+        entries: &entries,
+    };
+    let desired = plan::plan(&snapshot, &settings);
+    let entry = desired.entry(&key).map(|e| Value::Object(e.body.clone()));
+    let create_service_defaults = desired
+        .service_defaults_to_create()
+        .map(String::from)
+        .collect();
+    let observed = Observed {
+        entries: &entries,
+        registered: None,
+        gateway: &settings.gateway_name,
+    };
+    let stamping = Stamping {
+        catalog_index: None,
+        defer_to_newer: true,
+    };
+    let write = diff(desired, &observed, stamping)
+        .ops
+        .into_iter()
+        .find_map(|op| match op {
+            Op::Put { key: k, body, cas } if k == key => Some((Value::Object(body), cas)),
+            _ => None,
+        });
+    Planned {
+        entry,
+        write,
+        create_service_defaults,
+    }
 }
 
 proptest! {
@@ -229,15 +272,16 @@ proptest! {
             prop_assert!(!case.protocols.service_defaults.contains_key(name), "would override {}", name);
         }
 
-        let Some(desired) = first.desired_entry.clone() else {
+        if first.entry.is_none() {
             prop_assert!(current.is_none(), "an existing entry was planned away");
             return Ok(());
-        };
-        if !first.entry_needs_write {
+        }
+        let Some((desired, cas)) = first.write.clone() else {
             prop_assert!(current.is_some(), "no write planned but no entry exists");
             return Ok(());
-        }
-        let cas = current.as_ref().and_then(|c| c["ModifyIndex"].as_u64()).unwrap_or(0);
+        };
+        let expected_cas = current.as_ref().and_then(|c| c["ModifyIndex"].as_u64()).unwrap_or(0);
+        prop_assert_eq!(cas, expected_cas, "the write's cas is the entry's ModifyIndex");
         let written = sim.put_config(desired.clone(), Some(cas));
         prop_assert_eq!(written, Ok(true), "Consul refused the planned entry {}", desired);
 
@@ -251,6 +295,6 @@ proptest! {
 
         // From what was written, the plan is a fixed point: no further write.
         let settled = plan_for(&case, stored.as_object(), &config);
-        prop_assert!(!settled.entry_needs_write, "would write again after {}", stored);
+        prop_assert!(settled.write.is_none(), "would write again after {}", stored);
     }
 }

@@ -1,13 +1,15 @@
-//! The planner on whatever Consul sends: the input is split into a catalog body and a
-//! current-entry body; whatever decodes is planned, and planning never panics and is
-//! repeatable.
+//! The planner and the diff on whatever Consul sends: the input is split into a catalog
+//! body and a current-entry body; whatever decodes is planned and diffed, and neither
+//! panics, and planning is repeatable.
 #![no_main]
 
 use std::collections::HashMap;
 
 use ingress_service_monitor::config::{from_env, Config};
 use ingress_service_monitor::consul::wire;
-use ingress_service_monitor::plan::{self, Protocols};
+use ingress_service_monitor::model::{Entries, Protocols};
+use ingress_service_monitor::plan::{self, PlanSettings, Snapshot};
+use ingress_service_monitor::reconcile::diff::{diff, Observed, Stamping};
 use libfuzzer_sys::fuzz_target;
 
 fn config() -> Config {
@@ -36,12 +38,26 @@ fuzz_target!(|data: &[u8]| {
         service_defaults: catalog.keys().map(|k| (k.clone(), "http".to_string())).collect(),
         proxy_default: None,
     };
-    let inputs = plan::Inputs {
+    let settings = PlanSettings::from_config(&config);
+    let mut entries = Entries::new();
+    if let Some(entry) = &entry {
+        entries.insert(settings.gateway_key(), entry);
+    }
+    let snapshot = Snapshot {
         catalog: &catalog,
         protocols: &protocols,
-        current_entry: entry.as_ref(),
-        config: &config,
+        entries: &entries,
     };
-    let first = plan::plan(inputs);
-    assert_eq!(first, plan::plan(inputs), "planning twice differs");
+    let first = plan::plan(&snapshot, &settings);
+    assert_eq!(first, plan::plan(&snapshot, &settings), "planning twice differs");
+    let observed = Observed {
+        entries: &entries,
+        registered: None,
+        gateway: &settings.gateway_name,
+    };
+    let stamping = Stamping {
+        catalog_index: Some(1),
+        defer_to_newer: true,
+    };
+    let _ = diff(first, &observed, stamping);
 });

@@ -98,6 +98,7 @@ impl Reply {
 type HResult = Result<Reply, Reply>;
 
 /// The parts of a request the handlers need.
+#[derive(Clone)]
 pub struct Req {
     pub method: String,
     pub path: String,
@@ -207,6 +208,10 @@ pub async fn handle(
     } else {
         shared.lock().take_fault(&method, &raw_path)
     };
+    let hold = match (ctx.over_limit, &fault) {
+        (false, None) => shared.lock().take_hold(&method, &raw_path),
+        _ => None,
+    };
     let mut reply = if ctx.over_limit {
         let mut r = Reply::text(
             429,
@@ -217,6 +222,16 @@ pub async fn handle(
         r
     } else if let Some((status, text)) = fault {
         Reply::text(status, text)
+    } else if let Some(delay) = hold {
+        // Acted on late, and even if the client has gone meanwhile, as Consul's handlers
+        // finish a request whose client went away.
+        let (held_shared, held) = (shared.clone(), request.clone());
+        let late = tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            route(&held_shared, &held).await
+        });
+        late.await
+            .unwrap_or_else(|_| Reply::text(500, "held request failed"))
     } else {
         route(&shared, &request).await
     };

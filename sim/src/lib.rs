@@ -398,6 +398,15 @@ impl Sim {
         entries::validate(&entry).map_err(|e| (500, e))?;
         Ok(entry)
     }
+    /// The next `method` request whose path starts with `path_prefix` is received and
+    /// then acted on (and answered) only after `delay`, even if its client has gone
+    /// meanwhile: a slow agent with a write in flight.
+    pub fn hold_next(&self, method: &str, path_prefix: &str, delay: std::time::Duration) {
+        self.shared
+            .lock()
+            .holds
+            .push((method.to_string(), path_prefix.to_string(), delay));
+    }
     pub fn inject(&self, fault: Fault) {
         self.shared.lock().faults.push(fault);
     }

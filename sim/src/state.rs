@@ -124,6 +124,9 @@ pub struct State {
     pub config: Table,
     pub tokens: HashMap<String, Vec<Rule>>,
     pub faults: Vec<Fault>,
+    /// Requests to act on late: (method, path prefix, delay), each for one request (see
+    /// [`crate::Sim::hold_next`]).
+    pub holds: Vec<(String, String, std::time::Duration)>,
     /// Entries a concurrent writer stores just before the next `PUT /v1/config` of the
     /// same kind and name is applied (see [`crate::Sim::race_next_config_write`]).
     pub races: Vec<entries::Entry>,
@@ -152,6 +155,7 @@ impl State {
             config: Table::new(),
             tokens: HashMap::new(),
             faults: Vec::new(),
+            holds: Vec::new(),
             races: Vec::new(),
             rpc_prefix: false,
             enterprise: false,
@@ -492,6 +496,14 @@ impl State {
             self.faults.remove(pos);
         }
         Some(out)
+    }
+
+    /// The delay of the first hold matching this request, removing it.
+    pub fn take_hold(&mut self, method: &str, path: &str) -> Option<std::time::Duration> {
+        let pos = self.holds.iter().position(|(m, prefix, _)| {
+            m.eq_ignore_ascii_case(method) && path.starts_with(prefix)
+        })?;
+        Some(self.holds.remove(pos).2)
     }
 
     /// The checks of an instance: the node's serf check plus agent checks of the service.

@@ -29,6 +29,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use crate::config::{AgentAddress, ConsulConfig, TlsConfig};
+use crate::consul::api::format_duration;
 
 /// Largest response body accepted; a larger one is an error (logged with the endpoint),
 /// so a runaway response cannot exhaust memory. The largest body the daemon reads is the
@@ -898,14 +899,6 @@ impl fmt::Display for ConsulError {
 }
 
 impl std::error::Error for ConsulError {}
-
-fn format_duration(d: Duration) -> String {
-    if d.subsec_nanos() == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}ms", d.as_millis())
-    }
-}
 
 fn format_size(n: usize) -> String {
     const MIB: usize = 1024 * 1024;

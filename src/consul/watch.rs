@@ -15,11 +15,16 @@
 //! rather than a hot one. The burst of 8 lets index resets and short bursts of changes
 //! through without delay.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::Duration;
 
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::consul::client::{Connection, ConsulError, ErrorKind, Response, REQUEST_TIMEOUT};
+use crate::consul::api::{decode_error, endpoint};
+use crate::consul::client::{Client, Connection, ConsulError, Response, REQUEST_TIMEOUT};
+use crate::consul::retry::{Backoff, ProblemLog};
 
 /// Blocking wait asked of Consul.
 pub const WAIT: Duration = Duration::from_secs(300);
@@ -30,9 +35,6 @@ const TIMEOUT_MARGIN: Duration = Duration::from_secs(10);
 
 const BUCKET_BURST: u32 = 8;
 const BUCKET_REFILL: Duration = Duration::from_millis(250);
-
-const BACKOFF_BASE: Duration = Duration::from_millis(250);
-const BACKOFF_CAP: Duration = Duration::from_secs(30);
 
 pub struct BlockingWatch {
     connection: Connection,
@@ -63,11 +65,8 @@ impl BlockingWatch {
         path_and_query: String,
         wait: Duration,
     ) -> BlockingWatch {
-        let path = path_and_query
-            .split_once('?')
-            .map_or(path_and_query.as_str(), |(p, _)| p);
         BlockingWatch {
-            endpoint: format!("GET {path}"),
+            endpoint: endpoint(&hyper::Method::GET, &path_and_query),
             connection,
             path_and_query,
             wait,
@@ -80,10 +79,26 @@ impl BlockingWatch {
     }
 
     /// The next answer whose index differs from the last one reported (the first call
-    /// answers at once). Status 200 or 404. On error, returns the error; the following
-    /// call first waits the backoff. Never returns the same index twice in a row, except
-    /// right after an error (see `failed`).
+    /// answers at once), raw. See [`BlockingWatch::next_with`].
     pub async fn next(&mut self) -> Result<Response, ConsulError> {
+        self.next_with(|response| Ok(response.clone()))
+            .await
+            .map(|(response, _)| response)
+    }
+
+    /// The next answer whose index differs from the last one reported (the first call
+    /// answers at once), decoded by `decode`, with its index. On error, returns the
+    /// error; the following call first waits the backoff. Never returns the same index
+    /// twice in a row, except right after an error (see `failed`).
+    ///
+    /// Decoding is part of the answer: a body that does not decode (truncated JSON, an
+    /// HTML page from a proxy) fails the request like a refused connection would. The
+    /// index of that answer is not taken, so the change it carried is read again
+    /// (non-blocking, after the backoff) instead of being waited past.
+    pub async fn next_with<T>(
+        &mut self,
+        decode: impl Fn(&Response) -> Result<T, String>,
+    ) -> Result<(T, u64), ConsulError> {
         loop {
             if let Some(delay) = self.pending_backoff.take() {
                 tokio::time::sleep(delay).await;
@@ -96,28 +111,34 @@ impl BlockingWatch {
             };
             let Some(index) = response.index else {
                 // Without an index we could only poll in a loop: treat it as a fault.
-                return Err(self.failed(ConsulError {
-                    endpoint: self.endpoint.clone(),
-                    kind: ErrorKind::Decode(format!(
-                        "status {} without an X-Consul-Index header",
-                        response.status
-                    )),
-                }));
+                let message = format!(
+                    "status {} without an X-Consul-Index header",
+                    response.status
+                );
+                return Err(self.failed(decode_error(&self.endpoint, message)));
             };
-            self.backoff.reset();
             if index < self.index {
                 // Snapshot restore or similar: the old index would block for a full wait
                 // every time. Start over with a non-blocking read.
                 tracing::debug!(endpoint = %self.endpoint, sent = self.index, got = index, "index went backwards; re-reading");
+                self.backoff.reset();
                 self.index = 0;
                 continue;
             }
-            self.index = index.max(1);
             if self.reported == Some(index) {
+                // The wait expired with nothing new: nothing to decode.
+                self.backoff.reset();
+                self.index = index.max(1);
                 continue;
             }
+            let value = match decode(&response) {
+                Ok(value) => value,
+                Err(message) => return Err(self.failed(decode_error(&self.endpoint, message))),
+            };
+            self.backoff.reset();
+            self.index = index.max(1);
             self.reported = Some(index);
-            return Ok(response);
+            return Ok((value, index));
         }
     }
 
@@ -151,6 +172,79 @@ impl BlockingWatch {
         self.reported = None;
         e
     }
+}
+
+/// What one watch has seen: the latest decoded value (None until the first read) and
+/// the current problem reading it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed<T> {
+    pub value: Option<T>,
+    pub problem: Option<String>,
+    /// `X-Consul-Index` of the answer `value` came from. Updated silently: a new index
+    /// with the same value wakes no one.
+    pub index: Option<u64>,
+}
+
+impl<T> Default for Observed<T> {
+    fn default() -> Self {
+        Observed {
+            value: None,
+            problem: None,
+            index: None,
+        }
+    }
+}
+
+/// Runs a blocking watch of `path` in a task: each answer is decoded, and published only
+/// when the value or the problem changed, then `changed` is notified (one permit: any
+/// number of changes before the reader looks are one wake-up).
+pub fn spawn<T, D>(
+    client: &Client,
+    activity: &'static str,
+    path: String,
+    decode: D,
+    changed: Arc<Notify>,
+) -> (watch::Receiver<Observed<T>>, JoinHandle<()>)
+where
+    T: PartialEq + Send + Sync + 'static,
+    D: Fn(&Response) -> Result<T, String> + Send + Sync + 'static,
+{
+    let (tx, rx) = watch::channel(Observed::default());
+    let mut blocking = BlockingWatch::new(client.connection(activity), path);
+    let task = tokio::spawn(async move {
+        let mut log = ProblemLog::new(activity);
+        loop {
+            let modified = match blocking.next_with(&decode).await {
+                Ok((value, index)) => {
+                    log.ok();
+                    tx.send_if_modified(|observed| {
+                        observed.index = Some(index);
+                        let mut modified = observed.problem.take().is_some();
+                        if observed.value.as_ref() != Some(&value) {
+                            observed.value = Some(value);
+                            modified = true;
+                        }
+                        modified
+                    })
+                }
+                Err(err) => {
+                    log.failed(&err);
+                    let message = err.to_string();
+                    tx.send_if_modified(|observed| {
+                        if observed.problem.as_deref() == Some(message.as_str()) {
+                            return false;
+                        }
+                        observed.problem = Some(message);
+                        true
+                    })
+                }
+            };
+            if modified {
+                changed.notify_one();
+            }
+        }
+    });
+    (rx, task)
 }
 
 /// Consul parses `wait` with Go's `time.ParseDuration`.
@@ -209,130 +303,11 @@ impl TokenBucket {
     }
 }
 
-/// Jittered exponential backoff: 250 ms doubling to a 30 s cap, reset on success.
-///
-/// "Equal jitter": each delay is drawn from `[d/2, d]` for the nominal delay `d`, so
-/// clients that failed together spread out while the delay still grows predictably.
-pub struct Backoff {
-    attempt: u32,
-    rng: XorShift,
-}
-
-impl Backoff {
-    pub fn new() -> Backoff {
-        Backoff {
-            attempt: 0,
-            rng: XorShift::seeded(),
-        }
-    }
-    /// The next delay (and advances).
-    pub fn next_delay(&mut self) -> Duration {
-        let nominal = nominal_delay(self.attempt);
-        self.attempt = self.attempt.saturating_add(1);
-        let half = nominal / 2;
-        let spread = half.as_nanos() as u64 + 1;
-        half + Duration::from_nanos(self.rng.next() % spread)
-    }
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
-
-/// 250 ms * 2^attempt, capped at 30 s.
-fn nominal_delay(attempt: u32) -> Duration {
-    // 2^7 * 250 ms = 32 s is already past the cap; stop shifting there.
-    let factor = 1u32 << attempt.min(7);
-    (BACKOFF_BASE * factor).min(BACKOFF_CAP)
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff::new()
-    }
-}
-
-/// xorshift64*: plenty for jitter, and no shared generator.
-struct XorShift(u64);
-
-impl XorShift {
-    /// Seeded from the clock and a stack address, so two daemons started in the same
-    /// nanosecond (or a clock stuck at the epoch) still differ.
-    fn seeded() -> XorShift {
-        let marker = 0u8;
-        let address = std::ptr::addr_of!(marker) as usize as u64;
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        XorShift::from_seed(nanos ^ address.rotate_left(32))
-    }
-
-    fn from_seed(seed: u64) -> XorShift {
-        // splitmix64 scrambles a low-entropy seed; xorshift must not start at 0.
-        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        XorShift(if z == 0 { 0x2545_F491_4F6C_DD1D } else { z })
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-}
-
-/// Logs a problem once per change of state: a new or different message is logged at
-/// `warn`/`error`, the same message again is not, and recovery is logged once at `info`.
-pub struct ProblemLog {
-    what: &'static str,
-    current: Option<String>,
-    /// How many lines were logged, by kind; lets tests check the state machine.
-    warnings_logged: u64,
-    recoveries_logged: u64,
-}
-
-impl ProblemLog {
-    /// `what` names the activity ("watch catalog services", "write config entry").
-    pub fn new(what: &'static str) -> ProblemLog {
-        ProblemLog {
-            what,
-            current: None,
-            warnings_logged: 0,
-            recoveries_logged: 0,
-        }
-    }
-    /// Logs `err` unless the same message was the last one logged.
-    pub fn failed(&mut self, err: &ConsulError) {
-        let message = err.to_string();
-        if self.current.as_deref() == Some(message.as_str()) {
-            return;
-        }
-        tracing::warn!(activity = self.what, error = %message, "Consul request failed; retrying with backoff");
-        self.warnings_logged += 1;
-        self.current = Some(message);
-    }
-    /// Logs recovery if the last state was a failure.
-    pub fn ok(&mut self) {
-        if self.current.take().is_some() {
-            tracing::info!(activity = self.what, "Consul request succeeded again");
-            self.recoveries_logged += 1;
-        }
-    }
-    /// The current problem, if any (for /health).
-    pub fn current(&self) -> Option<&str> {
-        self.current.as_deref()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::consul::client::test_server::{reply, tcp_config, Step, TestServer};
-    use crate::consul::client::Client;
+    use crate::consul::client::{Client, ErrorKind};
 
     fn rt() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()
@@ -573,90 +548,5 @@ mod tests {
             assert_eq!(b.try_take(later), Ok(()), "refilled token {i}");
         }
         assert!(b.try_take(later).is_err());
-    }
-
-    #[test]
-    fn backoff_doubles_with_equal_jitter_up_to_the_cap_and_resets() {
-        let nominal_ms = [
-            250u64, 500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000,
-        ];
-        assert_eq!(
-            (0..10)
-                .map(|a| nominal_delay(a).as_millis() as u64)
-                .collect::<Vec<_>>(),
-            nominal_ms
-        );
-        assert_eq!(nominal_delay(u32::MAX), BACKOFF_CAP);
-        let mut b = Backoff::new();
-        for round in 0..2 {
-            for (i, n) in nominal_ms.iter().enumerate() {
-                let d = b.next_delay();
-                let n = Duration::from_millis(*n);
-                assert!(
-                    d >= n / 2 && d <= n,
-                    "round {round} attempt {i}: {d:?} vs {n:?}"
-                );
-            }
-            for _ in 0..100 {
-                assert!(b.next_delay() <= BACKOFF_CAP);
-            }
-            b.reset();
-        }
-    }
-
-    #[test]
-    fn backoff_jitter_varies() {
-        let mut b = Backoff::new();
-        let delays: std::collections::BTreeSet<Duration> = (0..20)
-            .map(|_| {
-                b.attempt = 7;
-                b.next_delay()
-            })
-            .collect();
-        assert!(delays.len() > 10, "{delays:?}");
-        let mut x = XorShift::from_seed(0);
-        assert_ne!(x.next(), 0);
-    }
-
-    fn err(message: &str) -> ConsulError {
-        ConsulError {
-            endpoint: "GET /v1/catalog/services".into(),
-            kind: ErrorKind::Connect(message.into()),
-        }
-    }
-
-    #[test]
-    fn problem_log_logs_once_per_state_change() {
-        let mut log = ProblemLog::new("watch catalog services");
-        log.ok();
-        assert_eq!(
-            (log.current(), log.warnings_logged, log.recoveries_logged),
-            (None, 0, 0)
-        );
-
-        let refused = err("connection refused (127.0.0.1:8500)");
-        log.failed(&refused);
-        log.failed(&refused);
-        log.failed(&refused);
-        assert_eq!(
-            log.current(),
-            Some("GET /v1/catalog/services: connection refused (127.0.0.1:8500)")
-        );
-        assert_eq!(log.warnings_logged, 1);
-
-        log.failed(&err("connection reset (127.0.0.1:8500)"));
-        assert_eq!(log.warnings_logged, 2);
-        assert_eq!(
-            log.current(),
-            Some("GET /v1/catalog/services: connection reset (127.0.0.1:8500)")
-        );
-
-        log.ok();
-        log.ok();
-        assert_eq!((log.current(), log.recoveries_logged), (None, 1));
-
-        // The same problem after a recovery is news again.
-        log.failed(&refused);
-        assert_eq!(log.warnings_logged, 3);
     }
 }

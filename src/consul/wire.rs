@@ -10,7 +10,7 @@ use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::plan::{Catalog, Protocols};
+use crate::model::Catalog;
 
 /// `GET /v1/catalog/services` body -> services with at least one tag starting with
 /// `prefix`, each with those tags stripped of the prefix (order kept, duplicates removed).
@@ -64,17 +64,6 @@ pub fn decode_proxy_defaults(body: &[u8]) -> Result<Option<String>, serde_json::
 /// A config entry body -> its JSON object.
 pub fn decode_entry(body: &[u8]) -> Result<Map<String, Value>, serde_json::Error> {
     serde_json::from_slice(body)
-}
-
-/// Convenience for tests and dry-run: both protocol sources together.
-pub fn protocols(
-    service_defaults: std::collections::BTreeMap<String, String>,
-    proxy_default: Option<String>,
-) -> Protocols {
-    Protocols {
-        service_defaults,
-        proxy_default,
-    }
 }
 
 /// A JSON string borrowed from the input when it has no escapes, owned otherwise, so

@@ -1,0 +1,326 @@
+//! The Consul endpoints the daemon uses, in one place: paths, request bodies, and what
+//! their answers decode to. Everything above this module speaks in model types
+//! ([`EntryKey`], [`Body`], [`Registration`]); only this module knows URLs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::Method;
+use serde_json::{json, Value};
+
+use crate::consul::client::{
+    percent_encode, Connection, ConsulError, ErrorKind, Response, REQUEST_TIMEOUT,
+};
+use crate::consul::wire;
+use crate::model::{Body, Catalog, EntryKey, Registration};
+
+pub const SERVICE_DEFAULTS_PATH: &str = "/v1/config/service-defaults";
+pub const PROXY_DEFAULTS_PATH: &str = "/v1/config/proxy-defaults/global";
+
+/// `METHOD /path`, without the query string: how errors and logs name an endpoint (a
+/// query may carry a filter, never the token, but it is noise).
+pub fn endpoint(method: &Method, path_and_query: &str) -> String {
+    let path = path_and_query
+        .split_once('?')
+        .map_or(path_and_query, |(path, _)| path);
+    format!("{method} {path}")
+}
+
+/// A body that is not what `endpoint` returns.
+pub fn decode_error(endpoint: &str, message: String) -> ConsulError {
+    ConsulError {
+        endpoint: endpoint.to_owned(),
+        kind: ErrorKind::Decode(message),
+    }
+}
+
+/// A duration as Go's `time.ParseDuration` reads it (Consul's `wait`), also used in
+/// messages: whole seconds as `10s`, anything else in milliseconds (at least 1).
+pub fn format_duration(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis().max(1))
+    }
+}
+
+/// The catalog watch: only typical services (sidecar proxies copy their parent's tags and
+/// must never be exposed), and not our own ingress service, whose tags are every exposed
+/// tag again (a third of the catalog's bytes at 10,000 services).
+pub fn catalog_path(ingress_service_name: &str) -> String {
+    let filter = format!("ServiceKind == \"\" and ServiceName != \"{ingress_service_name}\"");
+    format!("/v1/catalog/services?filter={}", percent_encode(&filter))
+}
+
+/// `/v1/config/<kind>/<name>`. Names are checked at start (`config::check_path_name`)
+/// or come from Consul's own catalog, so they need no escaping.
+pub fn entry_path(key: &EntryKey) -> String {
+    format!("/v1/config/{}/{}", key.kind, key.name)
+}
+
+fn expect_200(response: &Response) -> Result<&[u8], String> {
+    if response.status == 200 {
+        Ok(&response.body)
+    } else {
+        Err(format!("unexpected status {}", response.status))
+    }
+}
+
+pub fn decode_catalog(response: &Response, prefix: &str) -> Result<Catalog, String> {
+    wire::decode_catalog(expect_200(response)?, prefix).map_err(|e| e.to_string())
+}
+
+pub fn decode_service_defaults(response: &Response) -> Result<BTreeMap<String, String>, String> {
+    wire::decode_service_defaults(expect_200(response)?).map_err(|e| e.to_string())
+}
+
+pub fn decode_proxy_defaults(response: &Response) -> Result<Option<String>, String> {
+    if response.status == 404 {
+        return Ok(None);
+    }
+    wire::decode_proxy_defaults(expect_200(response)?).map_err(|e| e.to_string())
+}
+
+/// One config entry (404: it does not exist).
+pub fn decode_entry(response: &Response) -> Result<Option<Body>, String> {
+    if response.status == 404 {
+        return Ok(None);
+    }
+    wire::decode_entry(expect_200(response)?)
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
+/// Body of `PUT /v1/agent/service/register?replace-existing-checks`:
+/// ID, Name, Port, Address (when set), Tags, Meta, and a Check with CheckID
+/// `<id>:ready`, Name, HTTP, Interval "10s", Timeout "2s".
+pub fn registration_json(registration: &Registration) -> Value {
+    let mut body = json!({
+        "ID": registration.id,
+        "Name": registration.name,
+        "Port": registration.port,
+        "Tags": registration.tags,
+        "Meta": registration.meta,
+        "Check": {
+            "CheckID": format!("{}:ready", registration.id),
+            "Name": "Ingress gateway ready",
+            "HTTP": registration.check_url,
+            "Interval": "10s",
+            "Timeout": "2s",
+        },
+    });
+    if let (Some(address), Some(object)) = (&registration.address, body.as_object_mut()) {
+        object.insert("Address".into(), Value::from(address.as_str()));
+    }
+    body
+}
+
+/// Whether the agent's copy (`GET /v1/agent/service/<id>`) already says the same:
+/// ID, Service, Port, Address, Tags (as sets) and Meta.
+pub fn matches_agent(registration: &Registration, agent: &Value) -> bool {
+    let text = |key: &str| agent.get(key).and_then(Value::as_str);
+    let tags: Option<BTreeSet<&str>> = match agent.get("Tags") {
+        Some(Value::Array(tags)) => tags.iter().map(Value::as_str).collect(),
+        None | Some(Value::Null) => Some(BTreeSet::new()),
+        Some(_) => None,
+    };
+    let meta: Option<BTreeMap<&str, &str>> = match agent.get("Meta") {
+        Some(Value::Object(meta)) => meta
+            .iter()
+            .map(|(k, v)| v.as_str().map(|v| (k.as_str(), v)))
+            .collect(),
+        None | Some(Value::Null) => Some(BTreeMap::new()),
+        Some(_) => None,
+    };
+    let our_tags: BTreeSet<&str> = registration.tags.iter().map(String::as_str).collect();
+    let our_meta: BTreeMap<&str, &str> = registration
+        .meta
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    text("ID") == Some(registration.id.as_str())
+        && text("Service") == Some(registration.name.as_str())
+        && agent.get("Port").and_then(Value::as_u64) == Some(u64::from(registration.port))
+        // The agent reports "" for a service registered without an address.
+        && text("Address").unwrap_or("") == registration.address.as_deref().unwrap_or("")
+        && tags == Some(our_tags)
+        && meta == Some(our_meta)
+}
+
+/// A GET decoded by `decode`; a body that does not decode is an error of that endpoint.
+pub async fn read<T>(
+    connection: &mut Connection,
+    path: &str,
+    decode: impl Fn(&Response) -> Result<T, String>,
+) -> Result<T, ConsulError> {
+    let response = connection.get(path, REQUEST_TIMEOUT).await?;
+    decode(&response).map_err(|message| decode_error(&endpoint(&Method::GET, path), message))
+}
+
+/// `GET /v1/config/<kind>/<name>` (None: it does not exist).
+pub async fn read_entry(
+    connection: &mut Connection,
+    key: &EntryKey,
+) -> Result<Option<Body>, ConsulError> {
+    read(connection, &entry_path(key), decode_entry).await
+}
+
+/// Consul's `true` / `false` answer to a CAS write or delete.
+fn decode_cas_answer(response: &Response, endpoint: &str) -> Result<bool, ConsulError> {
+    match serde_json::from_slice::<bool>(&response.body) {
+        Ok(done) if response.status == 200 => Ok(done),
+        _ => Err(decode_error(
+            endpoint,
+            format!(
+                "expected true or false, got status {} {:?}",
+                response.status,
+                String::from_utf8_lossy(&response.body)
+            ),
+        )),
+    }
+}
+
+/// `PUT /v1/config?cas=N`: Ok(true) written (or already identical), Ok(false) CAS miss
+/// (`cas=0`: the entry exists already).
+pub async fn put_entry(
+    connection: &mut Connection,
+    body: &Body,
+    cas: u64,
+) -> Result<bool, ConsulError> {
+    let text = serde_json::to_vec(body)
+        .map_err(|e| decode_error("PUT /v1/config", format!("cannot encode the entry: {e}")))?;
+    let response = connection
+        .put(&format!("/v1/config?cas={cas}"), Bytes::from(text))
+        .await?;
+    decode_cas_answer(&response, "PUT /v1/config")
+}
+
+/// `DELETE /v1/config/<kind>/<name>?cas=N`: Ok(true) deleted, Ok(false) CAS miss.
+pub async fn delete_entry(
+    connection: &mut Connection,
+    key: &EntryKey,
+    cas: u64,
+) -> Result<bool, ConsulError> {
+    let path = entry_path(key);
+    let response = connection
+        .request(
+            Method::DELETE,
+            &format!("{path}?cas={cas}"),
+            None,
+            REQUEST_TIMEOUT,
+        )
+        .await?;
+    decode_cas_answer(&response, &endpoint(&Method::DELETE, &path))
+}
+
+/// `PUT /v1/agent/service/register?replace-existing-checks`.
+pub async fn register(
+    connection: &mut Connection,
+    registration: &Registration,
+) -> Result<(), ConsulError> {
+    let body = Bytes::from(registration_json(registration).to_string());
+    connection
+        .put("/v1/agent/service/register?replace-existing-checks", body)
+        .await
+        .map(drop)
+}
+
+/// `GET /v1/agent/service/<id>`: the agent's copy (None: it has none; a body that is not
+/// JSON counts as a copy that differs).
+pub async fn agent_service(
+    connection: &mut Connection,
+    id: &str,
+) -> Result<Option<Value>, ConsulError> {
+    let response = connection
+        .get(&format!("/v1/agent/service/{id}"), REQUEST_TIMEOUT)
+        .await?;
+    if response.status == 404 {
+        return Ok(None);
+    }
+    Ok(Some(
+        serde_json::from_slice(&response.body).unwrap_or(Value::Null),
+    ))
+}
+
+/// `PUT /v1/agent/service/deregister/<id>` within `timeout`: Ok(false) when the agent
+/// had no such service.
+pub async fn deregister(
+    connection: &mut Connection,
+    id: &str,
+    timeout: Duration,
+) -> Result<bool, ConsulError> {
+    let path = format!("/v1/agent/service/deregister/{id}");
+    let response = connection
+        .request(Method::PUT, &path, None, timeout)
+        .await?;
+    Ok(response.status != 404)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Kind;
+
+    #[test]
+    fn endpoints_never_carry_the_query() {
+        let cases = [
+            (
+                Method::GET,
+                "/v1/catalog/services?filter=x&index=3",
+                "GET /v1/catalog/services",
+            ),
+            (Method::PUT, "/v1/config?cas=0", "PUT /v1/config"),
+            (
+                Method::DELETE,
+                "/v1/config/http-route/a",
+                "DELETE /v1/config/http-route/a",
+            ),
+        ];
+        for (method, path, want) in cases {
+            assert_eq!(endpoint(&method, path), want);
+        }
+    }
+
+    #[test]
+    fn durations_as_go_parses_them() {
+        let cases = [
+            (Duration::from_secs(300), "300s"),
+            (Duration::from_millis(250), "250ms"),
+            (Duration::from_micros(10), "1ms"),
+            (Duration::from_millis(1500), "1500ms"),
+        ];
+        for (d, want) in cases {
+            assert_eq!(format_duration(d), want);
+        }
+    }
+
+    #[test]
+    fn paths() {
+        assert_eq!(
+            entry_path(&EntryKey::new(Kind::IngressGateway, "edge")),
+            "/v1/config/ingress-gateway/edge"
+        );
+        assert_eq!(
+            catalog_path("edge-ingress"),
+            "/v1/catalog/services?filter=ServiceKind%20%3D%3D%20%22%22%20and%20ServiceName%20%21%3D%20%22edge-ingress%22"
+        );
+    }
+
+    #[test]
+    fn undecodable_bodies_are_errors() {
+        let response = |status, body: &'static str| Response {
+            status,
+            index: Some(1),
+            body: Bytes::from_static(body.as_bytes()),
+        };
+        assert!(decode_catalog(&response(200, "{\"a\": [\"gw-x\"]"), "gw-").is_err());
+        assert!(decode_catalog(&response(200, "<html>"), "gw-").is_err());
+        assert!(decode_service_defaults(&response(200, "[{")).is_err());
+        assert!(decode_proxy_defaults(&response(200, "<html>")).is_err());
+        assert_eq!(decode_proxy_defaults(&response(404, "")), Ok(None));
+        assert!(decode_entry(&response(200, "{\"Kind\":")).is_err());
+        assert_eq!(decode_entry(&response(404, "not found")), Ok(None));
+        assert!(decode_entry(&response(500, "{}")).is_err());
+    }
+}

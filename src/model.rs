@@ -1,0 +1,262 @@
+//! The shared model of the pure core: what the planner reads and writes and what the
+//! Consul edge decodes into. Nothing here does I/O; both `plan` and `consul` import it,
+//! and it imports neither.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde_json::{Map, Value};
+
+/// Service name -> its selected tags, prefix already stripped (see `consul::wire`).
+/// Only services with at least one selected tag are present.
+pub type Catalog = BTreeMap<String, Vec<String>>;
+
+/// A config entry's body as Consul returns it (or as we write it).
+pub type Body = Map<String, Value>;
+
+/// Value of `Meta.managed-by` on everything the daemon writes.
+pub const MANAGED_BY: &str = "ingress-service-monitor";
+
+/// Consul's limit on config-entry Meta pairs (consul-api §6.2).
+pub const MAX_META: usize = 64;
+
+/// Meta key of the entries we write: the catalog index (`X-Consul-Index` of
+/// `/v1/catalog/services`) the written entry was planned from. Several instances of the
+/// daemon (one per gateway allocation) share the entries, and their watches see a change
+/// a few milliseconds apart: an instance whose catalog is older than the one an entry was
+/// planned from waits for its watch to catch up instead of writing its older view back
+/// (a flap that would briefly undo a route for everyone).
+pub const CATALOG_INDEX_META: &str = "ingress-service-monitor-catalog-index";
+
+/// Keys Consul writes itself: never part of a desired entry, ignored when comparing.
+pub const CONSUL_OWNED_KEYS: [&str; 4] = ["CreateIndex", "ModifyIndex", "Hash", "Status"];
+
+/// What decides each service's effective protocol (consul-api §7).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Protocols {
+    /// Every `service-defaults` entry: name -> its `Protocol` (possibly "").
+    pub service_defaults: BTreeMap<String, String>,
+    /// `proxy-defaults/global` `Config.protocol`, when set.
+    pub proxy_default: Option<String>,
+}
+
+impl Protocols {
+    /// Effective protocol, lower-cased: service-defaults' Protocol (empty means tcp),
+    /// else proxy-defaults', else tcp.
+    pub fn effective(&self, service: &str) -> String {
+        match (self.service_defaults.get(service), &self.proxy_default) {
+            (Some(protocol), _) if protocol.is_empty() => "tcp".to_owned(),
+            (Some(protocol), _) => protocol.to_lowercase(),
+            (None, Some(protocol)) if !protocol.is_empty() => protocol.to_lowercase(),
+            (None, _) => "tcp".to_owned(),
+        }
+    }
+}
+
+/// The ingress service registration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    pub id: String,
+    pub name: String,
+    pub port: u16,
+    pub address: Option<String>,
+    /// Sorted, de-duplicated.
+    pub tags: Vec<String>,
+    pub meta: BTreeMap<String, String>,
+    /// `http://<INGRESSADDRESS or 127.0.0.1>:<INGRESSHEALTHCHECKPORT>/ready`
+    pub check_url: String,
+}
+
+impl Registration {
+    /// Whether going from `self` to `next` only drops tags (then the outer proxy should
+    /// stop sending those hosts before Envoy forgets them: register first, write the
+    /// gateway's config after).
+    pub fn only_removes_tags(&self, next: &Registration) -> bool {
+        let current: BTreeSet<&String> = self.tags.iter().collect();
+        let desired: BTreeSet<&String> = next.tags.iter().collect();
+        desired.len() < current.len() && desired.is_subset(&current)
+    }
+}
+
+/// A warning about one service (and tag, when one tag is the cause).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Warning {
+    pub service: String,
+    pub tag: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.tag {
+            Some(tag) => write!(
+                f,
+                "service {:?}, tag {:?}: {}",
+                self.service, tag, self.message
+            ),
+            None => write!(f, "service {:?}: {}", self.service, self.message),
+        }
+    }
+}
+
+/// The config-entry kinds the daemon reads or writes, in the order a pass writes them:
+/// a service's protocol first (the gateway's config is validated against it), then the
+/// gateway's own entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    ServiceDefaults,
+    IngressGateway,
+    HttpRoute,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::ServiceDefaults => "service-defaults",
+            Kind::IngressGateway => "ingress-gateway",
+            Kind::HttpRoute => "http-route",
+        }
+    }
+
+    /// How much of an entry of this kind the daemon owns.
+    pub fn ownership(self) -> Ownership {
+        match self {
+            Kind::ServiceDefaults => Ownership::CreateOnly,
+            Kind::IngressGateway => Ownership::Part,
+            Kind::HttpRoute => Ownership::Whole,
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One config entry's identity.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EntryKey {
+    pub kind: Kind,
+    pub name: String,
+}
+
+impl EntryKey {
+    pub fn new(kind: Kind, name: impl Into<String>) -> EntryKey {
+        EntryKey {
+            kind,
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for EntryKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {:?}", self.kind, self.name)
+    }
+}
+
+/// How much of an entry the daemon owns, which decides what the diff may do with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ownership {
+    /// Ours when its Meta says so: created, replaced and deleted as a whole. A foreign
+    /// entry under the same name is never touched.
+    Whole,
+    /// Shared: we own parts (our listeners); the rest is carried over as it is. Created
+    /// when absent, updated with CAS, never deleted.
+    Part,
+    /// Created when absent (`cas=0`), never updated or deleted (service-defaults: once it
+    /// exists it is the operator's).
+    CreateOnly,
+}
+
+/// Entries as Consul holds them (the watches' latest view plus what we know newer),
+/// borrowed: an entry can be megabytes, and planning must not copy it.
+pub type Entries<'a> = BTreeMap<EntryKey, &'a Body>;
+
+/// `ModifyIndex` of an entry as Consul returned it.
+pub fn modify_index(body: &Body) -> Option<u64> {
+    body.get("ModifyIndex").and_then(Value::as_u64)
+}
+
+/// The catalog index a daemon recorded in the entry's Meta when it wrote it.
+pub fn stamp(body: &Body) -> Option<u64> {
+    let meta = body.get("Meta")?;
+    meta.get(CATALOG_INDEX_META)?.as_str()?.parse().ok()
+}
+
+/// Whether the entry's Meta says this daemon wrote it.
+pub fn managed_by_us(body: &Body) -> bool {
+    body.get("Meta")
+        .and_then(|meta| meta.get("managed-by"))
+        .and_then(Value::as_str)
+        == Some(MANAGED_BY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn body(value: Value) -> Body {
+        match value {
+            Value::Object(map) => map,
+            _ => Body::new(),
+        }
+    }
+
+    #[test]
+    fn effective_protocol() {
+        let protocols = Protocols {
+            service_defaults: BTreeMap::from([
+                ("a".into(), "HTTP".into()),
+                ("b".into(), String::new()),
+            ]),
+            proxy_default: Some("grpc".into()),
+        };
+        let cases = [("a", "http"), ("b", "tcp"), ("c", "grpc")];
+        for (service, want) in cases {
+            assert_eq!(protocols.effective(service), want, "{service}");
+        }
+        assert_eq!(Protocols::default().effective("x"), "tcp");
+    }
+
+    #[test]
+    fn entry_metadata() {
+        let ours = body(json!({"ModifyIndex": 7, "Meta": {
+            "managed-by": MANAGED_BY, CATALOG_INDEX_META: "42"}}));
+        assert_eq!(modify_index(&ours), Some(7));
+        assert_eq!(stamp(&ours), Some(42));
+        assert!(managed_by_us(&ours));
+        let foreign = body(json!({"Meta": {"managed-by": "terraform", CATALOG_INDEX_META: "x"}}));
+        assert_eq!(modify_index(&foreign), None);
+        assert_eq!(stamp(&foreign), None, "an unparsable stamp is no stamp");
+        assert!(!managed_by_us(&foreign));
+    }
+
+    #[test]
+    fn only_removes_tags() {
+        let reg = |tags: &[&str]| Registration {
+            id: "i".into(),
+            name: "n".into(),
+            port: 1,
+            address: None,
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            meta: BTreeMap::new(),
+            check_url: String::new(),
+        };
+        let cases: [(&[&str], &[&str], bool); 4] = [
+            (&["a", "b"], &["a"], true),
+            (&["a", "b"], &["a", "c"], false),
+            (&["a"], &["a"], false),
+            (&["a"], &["a", "b"], false),
+        ];
+        for (from, to, want) in cases {
+            assert_eq!(
+                reg(from).only_removes_tags(&reg(to)),
+                want,
+                "{from:?} -> {to:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! Order-insensitive equality of config entries, as Consul normalises them: the diff's
+//! comparator. Consul answers with its own order and its own indexes; an entry that
+//! differs only there is not written again.
+
+use serde_json::{Map, Value};
+
+use crate::model::{Body, CATALOG_INDEX_META};
+
+/// Equality of two entries as Consul sees them: listener/service/host order ignored,
+/// `Hosts` null vs [] vs absent alike, protocol case ignored, and what Consul writes
+/// itself (`CreateIndex`, `ModifyIndex`, `Hash`, `Status`) and our catalog-index stamp
+/// in `Meta` left out.
+///
+/// Compared in place, without building normalised copies: with thousands of services
+/// each copy of an entry is megabytes, and this runs on every reconcile. The result is
+/// the same as comparing canonical forms (see the `normalized` test oracle).
+pub fn entries_equal(a: &Body, b: &Body) -> bool {
+    entry_maps_equal(a, b)
+}
+
+/// [`entries_equal`] on JSON values (objects compared as entries).
+pub fn values_equal(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Object(a), Value::Object(b)) => entry_maps_equal(a, b),
+        _ => a == b,
+    }
+}
+
+fn entry_maps_equal(a: &Map<String, Value>, b: &Map<String, Value>) -> bool {
+    // `Listeners` null, [] and absent are alike, as Consul normalises them on write.
+    let skipped = [
+        "CreateIndex",
+        "ModifyIndex",
+        "Hash",
+        "Status",
+        "Listeners",
+        "Meta",
+    ];
+    other_fields_equal(a, b, &skipped)
+        && meta_equal(a.get("Meta"), b.get("Meta"))
+        && match (list_field(a, "Listeners"), list_field(b, "Listeners")) {
+            (None, None) => true,
+            (Some(Value::Array(a)), Some(Value::Array(b))) => same_elements(
+                a,
+                b,
+                |l| l.get("Port").and_then(Value::as_u64),
+                listeners_equal,
+            ),
+            (Some(a), Some(b)) => a == b,
+            _ => false,
+        }
+}
+
+/// `Meta` without our catalog-index stamp: a differing stamp alone is no reason to write.
+/// Absent, null and `{}` are alike.
+fn meta_equal(a: Option<&Value>, b: Option<&Value>) -> bool {
+    fn as_map(meta: Option<&Value>) -> Option<Option<&Map<String, Value>>> {
+        match meta {
+            None | Some(Value::Null) => Some(None),
+            Some(Value::Object(map)) => Some(Some(map)),
+            Some(_) => None,
+        }
+    }
+    match (as_map(a), as_map(b)) {
+        (Some(x), Some(y)) => {
+            let empty = Map::new();
+            other_fields_equal(
+                x.unwrap_or(&empty),
+                y.unwrap_or(&empty),
+                &[CATALOG_INDEX_META],
+            )
+        }
+        _ => a == b,
+    }
+}
+
+/// A list-valued key, `None` when it is absent, null or empty (all alike to Consul).
+fn list_field<'m>(map: &'m Map<String, Value>, key: &str) -> Option<&'m Value> {
+    match map.get(key) {
+        Some(Value::Array(list)) if list.is_empty() => None,
+        Some(Value::Null) | None => None,
+        Some(value) => Some(value),
+    }
+}
+
+/// Whether the keys of `a` and `b` other than `skipped` are the same, with equal values.
+fn other_fields_equal(a: &Map<String, Value>, b: &Map<String, Value>, skipped: &[&str]) -> bool {
+    let kept = |map: &Map<String, Value>| {
+        map.iter()
+            .filter(|(key, _)| !skipped.contains(&key.as_str()))
+            .count()
+    };
+    kept(a) == kept(b)
+        && a.iter()
+            .filter(|(key, _)| !skipped.contains(&key.as_str()))
+            .all(|(key, value)| b.get(key) == Some(value))
+}
+
+/// Multiset equality under `equal` (an equivalence): elements are grouped by `key`
+/// (equal elements must have equal keys), then matched within each group.
+fn same_elements<'v, K: Ord>(
+    a: &'v [Value],
+    b: &'v [Value],
+    key: impl Fn(&'v Value) -> K,
+    equal: impl Fn(&Value, &Value) -> bool,
+) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let sorted = |items: &'v [Value]| {
+        let mut keyed: Vec<(K, &'v Value)> = items.iter().map(|v| (key(v), v)).collect();
+        keyed.sort_by(|x, y| x.0.cmp(&y.0));
+        keyed
+    };
+    let (a, b) = (sorted(a), sorted(b));
+    let mut start = 0;
+    while start < a.len() {
+        let mut end = start + 1;
+        while end < a.len() && a[end].0 == a[start].0 {
+            end += 1;
+        }
+        // Same group boundaries on both sides, or the multisets differ.
+        if b[start].0 != a[start].0 || b[end - 1].0 != a[start].0 {
+            return false;
+        }
+        if end < b.len() && b[end].0 == a[start].0 {
+            return false;
+        }
+        let (group_a, group_b) = (&a[start..end], &b[start..end]);
+        if let ([(_, x)], [(_, y)]) = (group_a, group_b) {
+            // The usual case: one service per name, one listener per port.
+            if !equal(x, y) {
+                return false;
+            }
+        } else {
+            let mut used = vec![false; group_b.len()];
+            for (_, x) in group_a {
+                match (0..group_b.len()).find(|&i| !used[i] && equal(x, group_b[i].1)) {
+                    Some(i) => used[i] = true,
+                    None => return false,
+                }
+            }
+        }
+        start = end;
+    }
+    true
+}
+
+/// A listener's protocol as Consul normalises it: lower case, empty means tcp.
+fn listener_protocol(listener: &Map<String, Value>) -> std::borrow::Cow<'_, str> {
+    match listener.get("Protocol") {
+        Some(Value::String(p)) if !p.is_empty() => p.to_lowercase().into(),
+        Some(Value::String(_) | Value::Null) | None => "tcp".into(),
+        Some(other) => other.to_string().into(),
+    }
+}
+
+fn listeners_equal(a: &Value, b: &Value) -> bool {
+    let (Value::Object(a), Value::Object(b)) = (a, b) else {
+        return a == b;
+    };
+    if listener_protocol(a) != listener_protocol(b) {
+        return false;
+    }
+    if !other_fields_equal(a, b, &["Protocol", "Services"]) {
+        return false;
+    }
+    match (a.get("Services"), b.get("Services")) {
+        (Some(Value::Array(a)), Some(Value::Array(b))) => same_elements(
+            a,
+            b,
+            |s| s.get("Name").and_then(Value::as_str),
+            services_equal,
+        ),
+        (a, b) => a == b,
+    }
+}
+
+fn services_equal(a: &Value, b: &Value) -> bool {
+    let (Value::Object(a), Value::Object(b)) = (a, b) else {
+        return a == b;
+    };
+    // `Hosts` null, [] and absent are alike; a non-empty list is compared as a multiset.
+    other_fields_equal(a, b, &["Hosts"])
+        && match (list_field(a, "Hosts"), list_field(b, "Hosts")) {
+            (None, None) => true,
+            (Some(Value::Array(a)), Some(Value::Array(b))) => {
+                same_elements(a, b, Value::as_str, |x, y| x == y)
+            }
+            (Some(a), Some(b)) => a == b,
+            _ => false,
+        }
+}

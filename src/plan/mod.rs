@@ -1,0 +1,204 @@
+//! The planner, pure and synchronous: what Consul should hold, from what it holds now.
+//!
+//! Input: a [`Snapshot`] (the selected catalog, the services' protocols, the entries
+//! Consul holds) and the [`PlanSettings`]. Output: [`Desired`], the ingress service
+//! registration plus a set of desired config entries, each with how much of it the
+//! daemon owns ([`Ownership`]). The planner does not decide what to write: the diff
+//! (`reconcile::diff`) compares `Desired` with what Consul holds.
+//!
+//! Every desired entry is valid by construction (consul-api §6.2/§6.3): bad hosts
+//! dropped, host conflicts resolved by service name order, protocol mismatches left out,
+//! empty listeners not written. Listeners on ports that are not ours, and the gateway's
+//! TLS, Defaults and Meta, are carried over as they are.
+//!
+//! - [`registration`]: the ingress service's tags (Traefik key conflicts) and each
+//!   service's hosts;
+//! - [`ingress`]: the `ingress-gateway` entry;
+//! - [`compare`]: order-insensitive equality of entries, as Consul normalises them.
+
+pub mod compare;
+pub mod ingress;
+pub mod registration;
+
+use std::collections::BTreeSet;
+
+use serde_json::{json, Value};
+
+use crate::config::{host_for_url, Config, GatewayType};
+use crate::model::{
+    Body, Catalog, Entries, EntryKey, Kind, Ownership, Protocols, Registration, Warning, MANAGED_BY,
+};
+
+/// What the planner needs to know of the configuration, and nothing more.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanSettings {
+    /// The outer proxy reading the ingress service's tags.
+    pub outer: GatewayType,
+    /// Tag prefix including its trailing `-` (`gw-us-east-`).
+    pub prefix: String,
+    /// The gateway's service name, also its config entry's name.
+    pub gateway_name: String,
+    pub ingress_service_name: String,
+    pub ingress_service_id: String,
+    pub ingress_address: Option<String>,
+    pub ingress_port: u16,
+    pub ingress_port_http2: Option<u16>,
+    pub ingress_port_grpc: Option<u16>,
+    /// The ingress service's check URL.
+    pub check_url: String,
+    pub set_service_defaults: bool,
+}
+
+impl PlanSettings {
+    pub fn from_config(config: &Config) -> PlanSettings {
+        let check_host = host_for_url(config.ingress_address.as_deref().unwrap_or("127.0.0.1"));
+        PlanSettings {
+            outer: config.gateway_type,
+            prefix: config.tag_prefix.clone(),
+            gateway_name: config.gateway_name.clone(),
+            ingress_service_name: config.ingress_service_name.clone(),
+            ingress_service_id: config.ingress_service_id.clone(),
+            ingress_address: config.ingress_address.clone(),
+            ingress_port: config.ingress_port,
+            ingress_port_http2: config.ingress_port_http2,
+            ingress_port_grpc: config.ingress_port_grpc,
+            check_url: format!("http://{check_host}:{}/ready", config.health_check_port),
+            set_service_defaults: config.set_service_defaults,
+        }
+    }
+
+    /// The key of the gateway's own config entry.
+    pub fn gateway_key(&self) -> EntryKey {
+        EntryKey::new(Kind::IngressGateway, self.gateway_name.as_str())
+    }
+}
+
+/// Everything the planner looks at.
+#[derive(Debug, Clone, Copy)]
+pub struct Snapshot<'a> {
+    pub catalog: &'a Catalog,
+    pub protocols: &'a Protocols,
+    /// The entries Consul holds (absent: it does not exist).
+    pub entries: &'a Entries<'a>,
+}
+
+/// One entry as it should be. Its body never contains what Consul writes itself
+/// (`CreateIndex`, `ModifyIndex`, `Hash`, `Status`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredEntry {
+    pub key: EntryKey,
+    pub body: Body,
+    pub ownership: Ownership,
+}
+
+impl DesiredEntry {
+    /// An entry with its kind's ownership.
+    pub fn new(key: EntryKey, body: Body) -> DesiredEntry {
+        let ownership = key.kind.ownership();
+        DesiredEntry {
+            key,
+            body,
+            ownership,
+        }
+    }
+}
+
+/// What Consul should hold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Desired {
+    pub registration: Registration,
+    /// Sorted by key. An entry that exists and is not listed is left alone, unless it is
+    /// one we own as a whole (then it is deleted).
+    pub entries: Vec<DesiredEntry>,
+    /// Number of services the gateway's config routes to.
+    pub exposed_services: usize,
+    /// Sorted.
+    pub warnings: Vec<Warning>,
+}
+
+impl Desired {
+    /// The desired entry under `key`, if any.
+    pub fn entry(&self, key: &EntryKey) -> Option<&DesiredEntry> {
+        self.entries.iter().find(|entry| entry.key == *key)
+    }
+
+    /// Services for which `service-defaults` are to be created (SETSERVICEDEFAULTS).
+    pub fn service_defaults_to_create(&self) -> impl Iterator<Item = &str> {
+        self.entries
+            .iter()
+            .filter(|entry| entry.key.kind == Kind::ServiceDefaults)
+            .map(|entry| entry.key.name.as_str())
+    }
+}
+
+pub fn plan(snapshot: &Snapshot<'_>, settings: &PlanSettings) -> Desired {
+    let mut warnings = Warnings::new(&settings.prefix);
+    let (registration, selected) =
+        registration::registration(settings, snapshot.catalog, &mut warnings);
+    let gateway_key = settings.gateway_key();
+    let placed = ingress::place_services(settings, snapshot.protocols, &selected, &mut warnings);
+    let mut entries: Vec<DesiredEntry> = placed
+        .create_service_defaults
+        .iter()
+        .map(|name| service_defaults(name))
+        .collect();
+    let current = snapshot.entries.get(&gateway_key).copied();
+    if let Some(body) = ingress::desired_entry(settings, current, &placed.listeners) {
+        entries.push(DesiredEntry::new(gateway_key, body));
+    }
+    entries.sort_by(|a, b| a.key.cmp(&b.key));
+    Desired {
+        registration,
+        entries,
+        exposed_services: placed.listeners.values().map(Vec::len).sum(),
+        warnings: warnings.into_sorted(),
+    }
+}
+
+/// `service-defaults` with Protocol "http", created (only) for a service nothing else
+/// gives a protocol (SETSERVICEDEFAULTS).
+fn service_defaults(name: &str) -> DesiredEntry {
+    let body = json!({
+        "Kind": Kind::ServiceDefaults.as_str(),
+        "Name": name,
+        "Protocol": "http",
+        "Meta": { "managed-by": MANAGED_BY },
+    });
+    DesiredEntry::new(
+        EntryKey::new(Kind::ServiceDefaults, name),
+        match body {
+            Value::Object(body) => body,
+            _ => Body::new(),
+        },
+    )
+}
+
+/// Collects warnings, naming tags as the operator wrote them (prefix included).
+pub struct Warnings<'a> {
+    prefix: &'a str,
+    set: BTreeSet<Warning>,
+}
+
+impl<'a> Warnings<'a> {
+    pub fn new(prefix: &'a str) -> Self {
+        Warnings {
+            prefix,
+            set: BTreeSet::new(),
+        }
+    }
+
+    pub fn add(&mut self, service: &str, stripped_tag: Option<&str>, message: String) {
+        self.set.insert(Warning {
+            service: service.to_owned(),
+            tag: stripped_tag.map(|tag| format!("{}{tag}", self.prefix)),
+            message,
+        });
+    }
+
+    pub fn into_sorted(self) -> Vec<Warning> {
+        self.set.into_iter().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,122 @@
+//! The ingress service registration and each service's hosts: shared by every backend,
+//! since the outer proxy reads the same tags whatever the gateway.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{PlanSettings, Warnings};
+use crate::config::GatewayType;
+use crate::model::{Catalog, Registration, MANAGED_BY};
+use crate::tags;
+
+/// (service, stripped tag) that set a Traefik key first.
+type KeyOwner<'c> = (&'c str, &'c str);
+
+/// The ingress service registration, and for each service the selected tags that made
+/// it onto the registration (sorted, de-duplicated): only those give hosts, since a tag
+/// left off the registration routes nothing to the gateway.
+pub fn registration<'c>(
+    settings: &PlanSettings,
+    catalog: &'c Catalog,
+    warnings: &mut Warnings<'_>,
+) -> (Registration, BTreeMap<&'c str, Vec<&'c str>>) {
+    let traefik = settings.outer == GatewayType::Traefik;
+    let mut tags: BTreeSet<String> = BTreeSet::new();
+    // Traefik key (lower-cased) -> its value and who set it first (`None`: this daemon).
+    // Traefik picks one value at random when several services set one key, so the
+    // service whose name sorts first wins, deterministically.
+    let mut keys: BTreeMap<String, (String, Option<KeyOwner<'_>>)> = BTreeMap::new();
+    if traefik {
+        tags.insert("traefik.enable=true".into());
+        keys.insert("traefik.enable".into(), ("true".into(), None));
+    }
+    let mut selected = BTreeMap::new();
+    for (service, service_tags) in catalog {
+        if *service == settings.ingress_service_name {
+            warnings.add(
+                service,
+                None,
+                "this is the ingress service itself; its tags are not selected again".into(),
+            );
+            continue;
+        }
+        let sorted: BTreeSet<&str> = service_tags.iter().map(String::as_str).collect();
+        let mut kept = Vec::new();
+        for tag in sorted {
+            let ingress = tags::ingress_tag(settings.outer, tag);
+            if traefik {
+                let (key, value) = ingress.split_once('=').unwrap_or((&ingress, ""));
+                let lower = key.to_ascii_lowercase();
+                match keys.get(&lower) {
+                    Some((first_value, first)) if first_value != value => {
+                        let by = match first {
+                            Some((other, other_tag)) => format!(
+                                "service {other:?} (tag {:?}), whose name sorts first",
+                                format!("{}{other_tag}", settings.prefix)
+                            ),
+                            None => "ingress-service-monitor itself".to_owned(),
+                        };
+                        warnings.add(
+                            service,
+                            Some(tag),
+                            format!(
+                                "Traefik key {key:?} is already set to a different value by {by}; \
+                                 this tag is left off the ingress service"
+                            ),
+                        );
+                        continue;
+                    }
+                    Some(_) => {}
+                    None => {
+                        keys.insert(lower, (value.to_owned(), Some((service.as_str(), tag))));
+                    }
+                }
+            }
+            tags.insert(ingress);
+            kept.push(tag);
+        }
+        selected.insert(service.as_str(), kept);
+    }
+    let registration = Registration {
+        id: settings.ingress_service_id.clone(),
+        name: settings.ingress_service_name.clone(),
+        port: settings.ingress_port,
+        address: settings.ingress_address.clone(),
+        tags: tags.into_iter().collect(),
+        meta: BTreeMap::from([("managed-by".to_owned(), MANAGED_BY.to_owned())]),
+        check_url: settings.check_url.clone(),
+    };
+    (registration, selected)
+}
+
+/// Valid hosts of one service (lower-cased), each with the first tag that named it.
+pub type Hosts<'t> = BTreeMap<String, &'t str>;
+
+pub fn service_hosts<'t>(
+    gateway: GatewayType,
+    service: &str,
+    tags: &[&'t str],
+    warnings: &mut Warnings<'_>,
+) -> Hosts<'t> {
+    let mut hosts = BTreeMap::new();
+    for &tag in tags {
+        match tags::tag_hosts(gateway, tag) {
+            Err(err) => warnings.add(service, Some(tag), format!("{err}; no host taken from it")),
+            Ok(found) => {
+                for host in found {
+                    let host = host.to_lowercase();
+                    match tags::check_host(&host) {
+                        Ok(()) => {
+                            hosts.entry(host).or_insert(tag);
+                        }
+                        Err(problem) => warnings.add(
+                            service,
+                            Some(tag),
+                            format!("host {host:?} dropped: {problem}"),
+                        ),
+                    }
+                }
+            }
+        }
+    }
+    hosts
+}

@@ -1,0 +1,556 @@
+//! The reconciler: watch → snapshot → plan → diff → apply → report, one pass at a time.
+//!
+//! ```text
+//!  watches ──► Inputs (latest value of each, one wake-up) ─┐
+//!                      Overlay (our writes, fresh reads) ──┤ snapshot
+//!                                                          ▼
+//!              plan (pure) ─► diff (pure) ─► apply ops in order ─► report (/health)
+//!                  ▲                              │
+//!                  └── CAS miss: re-read that entry into the overlay, plan again
+//! ```
+//!
+//! The reconciler is never told *why* it runs: each pass reads the latest state of every
+//! watch and makes Consul match. When it runs is the [`schedule`]'s decision (leading
+//! edge, cool-down under bursts, requeue, agent check); a failed pass is retried after
+//! [`error_policy`]'s backoff. A pass stops between two operations when the daemon shuts
+//! down, so the operation in flight finishes and nothing is sent after it.
+
+pub mod diff;
+pub mod inputs;
+pub mod schedule;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+use tokio::time::{sleep_until, Instant};
+
+use crate::consul::api;
+use crate::consul::client::{Connection, ConsulError};
+use crate::consul::retry::{Backoff, ProblemLog};
+use crate::health::HealthState;
+use crate::model::{Body, Catalog, EntryKey, Kind, Registration, Warning};
+use crate::plan::{self, PlanSettings, Snapshot};
+use diff::{Diff, Observed, Op, Stamping};
+use inputs::{Inputs, Overlay};
+use schedule::{Action, Pass, Schedule};
+
+/// Re-reads after a CAS miss within one pass before backing off.
+pub const CAS_ATTEMPTS: usize = 5;
+/// An instance defers to a newer plan this long at most, then writes anyway: after a
+/// snapshot restore every recorded index looks newer than any index Consul now sends.
+pub const DEFER_LIMIT: Duration = Duration::from_secs(5);
+/// While deferring, look again this often (the catalog watch usually wakes us first).
+pub const DEFER_RECHECK: Duration = Duration::from_secs(1);
+
+/// Why a pass did not complete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReconcileError {
+    /// Consul refused or failed a request.
+    Consul(ConsulError),
+    /// The entry changed under every one of our writes in this pass (another writer, or
+    /// several instances racing).
+    CasExhausted { key: EntryKey, attempts: usize },
+    /// The daemon is shutting down: the pass stopped between two operations.
+    Stopped,
+}
+
+impl fmt::Display for ReconcileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReconcileError::Consul(err) => err.fmt(f),
+            ReconcileError::CasExhausted { key, attempts } => write!(
+                f,
+                "{key} kept changing under us ({attempts} CAS misses in a row); retrying"
+            ),
+            ReconcileError::Stopped => f.write_str("shutting down"),
+        }
+    }
+}
+
+impl From<ConsulError> for ReconcileError {
+    fn from(err: ConsulError) -> Self {
+        ReconcileError::Consul(err)
+    }
+}
+
+/// How long to wait before the next pass after `err` (the kube-rs `error_policy`).
+pub fn error_policy(err: &ReconcileError, backoff: &mut Backoff) -> Action {
+    match err {
+        ReconcileError::Stopped => Action::AwaitChange,
+        ReconcileError::Consul(_) | ReconcileError::CasExhausted { .. } => {
+            Action::RequeueAfter(backoff.next_delay())
+        }
+    }
+}
+
+/// What applying a diff came to.
+enum Applied {
+    Done,
+    /// Plan again: the world changed under a write (a CAS miss, counted against the
+    /// budget) or we changed it (service-defaults created, not counted).
+    Replan {
+        cas_miss: Option<EntryKey>,
+    },
+}
+
+/// One log per activity, so each problem is logged once per change of state.
+struct Logs {
+    writes: BTreeMap<Kind, ProblemLog>,
+    register: ProblemLog,
+    agent: ProblemLog,
+}
+
+impl Logs {
+    fn new() -> Logs {
+        Logs {
+            writes: BTreeMap::new(),
+            register: ProblemLog::new("register ingress service"),
+            agent: ProblemLog::new("check ingress service at the agent"),
+        }
+    }
+
+    fn write(&mut self, kind: Kind) -> &mut ProblemLog {
+        self.writes.entry(kind).or_insert_with(|| {
+            ProblemLog::new(match kind {
+                Kind::ServiceDefaults => "create service-defaults",
+                Kind::IngressGateway => "write ingress-gateway entry",
+                Kind::HttpRoute => "write http-route entries",
+            })
+        })
+    }
+}
+
+/// What /health shows, and the warnings logged once each.
+struct Report {
+    health: watch::Sender<HealthState>,
+    warnings: BTreeSet<Warning>,
+    last_sync: Option<SystemTime>,
+    /// Of the last plan: services exposed, and its warnings.
+    exposed: usize,
+}
+
+impl Report {
+    fn publish(&mut self, problem: Option<String>, synced: bool) {
+        if synced {
+            self.last_sync = Some(SystemTime::now());
+        }
+        let state = HealthState {
+            problem,
+            last_sync: self.last_sync,
+            services_exposed: self.exposed,
+            warnings: self.warnings.len(),
+        };
+        self.health.send_if_modified(|current| {
+            if *current == state {
+                return false;
+            }
+            *current = state;
+            true
+        });
+    }
+
+    /// Logs new warnings and resolved ones, once each.
+    fn warnings(&mut self, warnings: Vec<Warning>) {
+        let current: BTreeSet<Warning> = warnings.into_iter().collect();
+        for warning in current.difference(&self.warnings) {
+            tracing::warn!("{warning}");
+        }
+        for gone in self.warnings.difference(&current) {
+            tracing::info!("resolved: {gone}");
+        }
+        self.warnings = current;
+    }
+}
+
+pub struct Reconciler {
+    settings: Arc<PlanSettings>,
+    connection: Connection,
+    inputs: Inputs,
+    overlay: Overlay,
+    /// The registration the agent holds, as far as we know (None: register again).
+    registered: Option<Registration>,
+    /// Since when a write has waited for our catalog to catch up with the one an entry
+    /// was planned from (see `model::CATALOG_INDEX_META`).
+    deferring_since: Option<Instant>,
+    report: Report,
+    logs: Logs,
+    backoff: Backoff,
+    stop: watch::Receiver<bool>,
+}
+
+impl Reconciler {
+    pub fn new(
+        settings: Arc<PlanSettings>,
+        connection: Connection,
+        inputs: Inputs,
+        health: watch::Sender<HealthState>,
+        stop: watch::Receiver<bool>,
+    ) -> Reconciler {
+        Reconciler {
+            settings,
+            connection,
+            inputs,
+            overlay: Overlay::default(),
+            registered: None,
+            deferring_since: None,
+            report: Report {
+                health,
+                warnings: BTreeSet::new(),
+                last_sync: None,
+                exposed: 0,
+            },
+            logs: Logs::new(),
+            backoff: Backoff::new(),
+            stop,
+        }
+    }
+
+    /// Runs passes as the schedule says until the daemon stops.
+    pub async fn run(mut self) {
+        while !self.inputs.all_read() {
+            self.publish_waiting();
+            tokio::select! {
+                () = self.inputs.changed() => {}
+                () = stopped(&mut self.stop) => return,
+            }
+        }
+        let mut schedule = Schedule::new(Instant::now());
+        loop {
+            if let Some(pass) = schedule.due(Instant::now()) {
+                let (outcome, wrote) = self.pass(pass).await;
+                let next = match outcome {
+                    Ok(action) => {
+                        self.backoff.reset();
+                        action
+                    }
+                    Err(ReconcileError::Stopped) => return,
+                    Err(err) => error_policy(&err, &mut self.backoff),
+                };
+                schedule.done(Instant::now(), next, wrote);
+                continue;
+            }
+            tokio::select! {
+                () = self.inputs.changed() => schedule.changed(Instant::now()),
+                () = sleep_until(schedule.deadline()) => {}
+                () = stopped(&mut self.stop) => return,
+            }
+        }
+    }
+
+    fn publish_waiting(&mut self) {
+        let problem = self
+            .inputs
+            .problem()
+            .unwrap_or_else(|| "starting: first read of Consul not complete".into());
+        self.report.publish(Some(problem), false);
+    }
+
+    /// One pass: plan, then make Consul match; publishes the outcome. Returns it, and
+    /// whether anything was written.
+    async fn pass(&mut self, pass: Pass) -> (Result<Action, ReconcileError>, bool) {
+        if pass.check_agent {
+            self.check_agent().await;
+        }
+        let mut wrote = false;
+        let outcome = self.converge(&mut wrote).await;
+        if outcome.is_err() {
+            // A deferral is only ever to the plan seen in this pass.
+            self.deferring_since = None;
+        }
+        let problem = match &outcome {
+            Err(ReconcileError::Stopped) => return (outcome, wrote),
+            Err(err) => Some(err.to_string()),
+            Ok(_) => self.inputs.problem(),
+        };
+        self.report.publish(problem, outcome.is_ok());
+        (outcome, wrote)
+    }
+
+    /// Plans and applies until Consul holds the plan, within one CAS budget.
+    async fn converge(&mut self, wrote: &mut bool) -> Result<Action, ReconcileError> {
+        let mut misses = 0;
+        loop {
+            let diff = self.plan_and_diff();
+            for newer in &diff.overridden {
+                tracing::info!(
+                    theirs = newer.theirs,
+                    ours = newer.ours,
+                    "the catalog index of {} stayed ahead of ours for {DEFER_LIMIT:?} (index reset?); writing our plan",
+                    newer.key
+                );
+            }
+            let action = self.deferral(&diff);
+            match self.apply(diff.ops, wrote).await? {
+                Applied::Done => return Ok(action),
+                Applied::Replan { cas_miss: None } => {}
+                Applied::Replan {
+                    cas_miss: Some(key),
+                } => {
+                    misses += 1;
+                    if misses >= CAS_ATTEMPTS {
+                        let kind = key.kind;
+                        let err = ReconcileError::CasExhausted {
+                            key,
+                            attempts: misses,
+                        };
+                        self.logs.write(kind).failed(&err);
+                        return Err(err);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Keeps a deferral going (look again soon) or ends it.
+    fn deferral(&mut self, diff: &Diff) -> Action {
+        if diff.deferred.is_empty() {
+            self.deferring_since = None;
+            return Action::AwaitChange;
+        }
+        self.deferring_since.get_or_insert_with(Instant::now);
+        for newer in &diff.deferred {
+            tracing::debug!(
+                theirs = newer.theirs,
+                ours = newer.ours,
+                "{} was planned from a newer catalog than ours; waiting for our catalog watch",
+                newer.key
+            );
+        }
+        Action::RequeueAfter(DEFER_RECHECK)
+    }
+
+    /// Plans from the latest state of every watch and what we know newer, and diffs the
+    /// plan against the same view.
+    fn plan_and_diff(&mut self) -> Diff {
+        // A catalog watch that is failing will not catch up: keep deferring rather than
+        // write an old view (its error is on /health meanwhile).
+        let defer_to_newer = self
+            .deferring_since
+            .map_or(true, |since| since.elapsed() < DEFER_LIMIT)
+            || self.inputs.catalog_failing();
+        let protocols = {
+            let watched = self.inputs.service_defaults.borrow();
+            let proxy_default = self.inputs.proxy_default.borrow().value.clone().flatten();
+            self.overlay.protocols(
+                watched.value.as_ref().unwrap_or(&BTreeMap::new()),
+                proxy_default,
+            )
+        };
+        let catalog = self.inputs.catalog.borrow();
+        let gateway = self.inputs.gateway.borrow();
+        let watched = gateway.value.as_ref().and_then(Option::as_ref);
+        let entries = self.overlay.view(&[(&self.inputs.gateway_key, watched)]);
+        let empty = Catalog::new();
+        let snapshot = Snapshot {
+            catalog: catalog.value.as_ref().unwrap_or(&empty),
+            protocols: &protocols,
+            entries: &entries,
+        };
+        let desired = plan::plan(&snapshot, &self.settings);
+        self.report.exposed = desired.exposed_services;
+        let mut warnings = desired.warnings.clone();
+        let observed = Observed {
+            entries: &entries,
+            registered: self.registered.as_ref(),
+            gateway: &self.settings.gateway_name,
+        };
+        let stamping = Stamping {
+            catalog_index: catalog.index,
+            defer_to_newer,
+        };
+        let diff = diff::diff(desired, &observed, stamping);
+        warnings.extend(diff.warnings.iter().cloned());
+        drop((catalog, gateway));
+        self.report.warnings(warnings);
+        diff
+    }
+
+    /// Applies `ops` in order, stopping between two when the daemon shuts down.
+    async fn apply(&mut self, ops: Vec<Op>, wrote: &mut bool) -> Result<Applied, ReconcileError> {
+        let mut created_defaults = false;
+        for op in ops {
+            if *self.stop.borrow() {
+                return Err(ReconcileError::Stopped);
+            }
+            let creates_defaults =
+                matches!(&op, Op::Put { key, .. } if key.kind == Kind::ServiceDefaults);
+            if created_defaults && !creates_defaults {
+                // The gateway's config is planned again with the new protocols.
+                return Ok(Applied::Replan { cas_miss: None });
+            }
+            match op {
+                Op::Put { key, body, cas } if key.kind == Kind::ServiceDefaults => {
+                    created_defaults |= self.create_defaults(&key, &body, cas).await;
+                    *wrote |= created_defaults;
+                }
+                Op::Put { key, body, cas } => {
+                    if !self.put(&key, body, cas).await? {
+                        return self.refresh(key).await;
+                    }
+                    *wrote = true;
+                }
+                Op::Delete { key, cas } => {
+                    if !self.delete(&key, cas).await? {
+                        return self.refresh(key).await;
+                    }
+                    *wrote = true;
+                }
+                Op::Refresh { key } => return self.refresh(key).await,
+                Op::Register(registration) => {
+                    self.register(registration).await?;
+                    *wrote = true;
+                }
+            }
+        }
+        Ok(match created_defaults {
+            true => Applied::Replan { cas_miss: None },
+            false => Applied::Done,
+        })
+    }
+
+    /// The watch's `ModifyIndex` of `key` now.
+    fn watched_index(&self, key: &EntryKey) -> Option<u64> {
+        if *key != self.inputs.gateway_key {
+            return None;
+        }
+        let gateway = self.inputs.gateway.borrow();
+        gateway
+            .value
+            .as_ref()
+            .and_then(Option::as_ref)
+            .and_then(crate::model::modify_index)
+    }
+
+    /// `PUT` with CAS: Ok(false) on a CAS miss.
+    async fn put(&mut self, key: &EntryKey, body: Body, cas: u64) -> Result<bool, ReconcileError> {
+        let watched = self.watched_index(key);
+        match api::put_entry(&mut self.connection, &body, cas).await {
+            Ok(true) => {
+                self.logs.write(key.kind).ok();
+                tracing::info!(gateway = %self.settings.gateway_name, services = self.report.exposed, "wrote {} config entry", key.kind);
+                self.overlay.learn(key.clone(), watched, Some(body));
+                Ok(true)
+            }
+            Ok(false) => {
+                tracing::debug!(%key, cas, "entry changed since read (CAS miss); reading it again");
+                Ok(false)
+            }
+            Err(err) => {
+                self.logs.write(key.kind).failed(&err);
+                Err(err.into())
+            }
+        }
+    }
+
+    /// `DELETE` with CAS: Ok(false) on a CAS miss.
+    async fn delete(&mut self, key: &EntryKey, cas: u64) -> Result<bool, ReconcileError> {
+        let watched = self.watched_index(key);
+        match api::delete_entry(&mut self.connection, key, cas).await {
+            Ok(true) => {
+                self.logs.write(key.kind).ok();
+                tracing::info!(%key, "deleted config entry");
+                self.overlay.learn(key.clone(), watched, None);
+                Ok(true)
+            }
+            Ok(false) => Ok(false),
+            Err(err) => {
+                self.logs.write(key.kind).failed(&err);
+                Err(err.into())
+            }
+        }
+    }
+
+    /// Reads `key` again into the overlay (after a CAS miss, or to learn its index).
+    async fn refresh(&mut self, key: EntryKey) -> Result<Applied, ReconcileError> {
+        let watched = self.watched_index(&key);
+        let fresh = api::read_entry(&mut self.connection, &key)
+            .await
+            .inspect_err(|err| self.logs.write(key.kind).failed(err))?;
+        self.overlay.learn(key.clone(), watched, fresh);
+        Ok(Applied::Replan {
+            cas_miss: Some(key),
+        })
+    }
+
+    /// Creates a service-defaults entry (create-only). Returns whether it was created; a
+    /// refusal or failure is not retried until the service-defaults watch changes.
+    async fn create_defaults(&mut self, key: &EntryKey, body: &Body, cas: u64) -> bool {
+        let name = key.name.as_str();
+        if self.overlay.defaults_skipped(name) {
+            return false;
+        }
+        let log = self.logs.write(Kind::ServiceDefaults);
+        match api::put_entry(&mut self.connection, body, cas).await {
+            Ok(true) => {
+                log.ok();
+                tracing::info!(service = %name, "created service-defaults with Protocol = \"http\" (SETSERVICEDEFAULTS)");
+                self.overlay.created_defaults(name, "http");
+                true
+            }
+            Ok(false) => {
+                // Someone created it meanwhile: its protocol comes through the watch.
+                self.overlay.skip_defaults(name);
+                false
+            }
+            Err(err) => {
+                log.failed(&err);
+                self.overlay.skip_defaults(name);
+                false
+            }
+        }
+    }
+
+    async fn register(&mut self, desired: Registration) -> Result<(), ReconcileError> {
+        match api::register(&mut self.connection, &desired).await {
+            Ok(()) => {
+                self.logs.register.ok();
+                tracing::info!(service_id = %desired.id, tags = desired.tags.len(), "registered ingress service");
+                self.registered = Some(desired);
+                Ok(())
+            }
+            Err(err) => {
+                self.logs.register.failed(&err);
+                Err(err.into())
+            }
+        }
+    }
+
+    /// Asks the agent whether it still holds our registration as we wrote it; if not,
+    /// forgets it so the pass registers again.
+    async fn check_agent(&mut self) {
+        let Some(registered) = &self.registered else {
+            return;
+        };
+        match api::agent_service(&mut self.connection, &registered.id).await {
+            Ok(None) => {
+                self.logs.agent.ok();
+                tracing::warn!(service_id = %registered.id, "the agent no longer has the ingress service (agent restarted or reaped it); registering it again");
+                self.registered = None;
+            }
+            Ok(Some(agent)) => {
+                self.logs.agent.ok();
+                if !api::matches_agent(registered, &agent) {
+                    tracing::warn!(service_id = %registered.id, "the agent's copy of the ingress service differs from ours; registering it again");
+                    self.registered = None;
+                }
+            }
+            Err(err) => self.logs.agent.failed(&err),
+        }
+    }
+}
+
+/// Resolves once the daemon asks to stop.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    loop {
+        if *stop.borrow_and_update() {
+            return;
+        }
+        if stop.changed().await.is_err() {
+            // The daemon dropped its end without asking: keep going.
+            std::future::pending::<()>().await;
+        }
+    }
+}
