@@ -1,14 +1,17 @@
 //! Faults of the agent, each an integration test of the real binary: the agent restarts
 //! in the middle of a write, connections reset under blocking queries, the agent's
-//! connection limit answers 429, and a snapshot restore sends every index backwards.
+//! connection limit answers 429, a snapshot restore sends every index backwards, and an
+//! answer of each watch arrives with a valid index but a body that does not decode.
 //! Each time the daemon converges afterwards, without a restart.
 
 mod common;
 
 use std::time::Duration;
 
-use common::proxy::{HostileProxy, Mode};
+use common::proxy::{HostileProxy, Mode, Spoil, Spoiled};
 use common::*;
+use consul_sim::{Sim, SimOptions};
+use serde_json::json;
 
 const SHOP: &str = "gw-traefik.http.routers.shop.rule=Host(`shop.example.com`)";
 const CART: &str = "gw-traefik.http.routers.cart.rule=Host(`cart.example.com`)";
@@ -161,4 +164,237 @@ fn a_passing_error_clears_from_health_without_a_catalog_change() {
         indexes,
         "nothing changed in Consul meanwhile"
     );
+}
+
+// ------------------------------------------------------------ undecodable answers
+//
+// Consul, or a proxy in front of it, answers a blocking query with a valid
+// X-Consul-Index and a body that does not decode. That answer carried a change: a watch
+// that kept its index would block at it, and the change would wait for the next one
+// (minutes or hours). Each test spoils exactly one answer carrying a change, changes
+// nothing in Consul afterwards, and expects the change applied within a few seconds
+// (the first backoff is 250 ms, then a non-blocking read).
+
+const CATALOG_PATH: &str = "/v1/catalog/services";
+const SERVICE_DEFAULTS_PATH: &str = "/v1/config/service-defaults";
+const PROXY_DEFAULTS_PATH: &str = "/v1/config/proxy-defaults/global";
+/// Backoff (250 ms at most the first time), a read, the debounce and the writes, on a
+/// loaded machine. A watch that missed the change would wait for the whole blocking
+/// wait (5 min).
+const SPOILED_CHANGE_APPLIED: Duration = Duration::from_secs(5);
+
+fn entry_path() -> String {
+    format!("/v1/config/ingress-gateway/{GATEWAY}")
+}
+
+/// The daemon against `sim` through a proxy that can spoil answers.
+fn through_proxy(sim: &Sim) -> (HostileProxy, Daemon) {
+    let proxy = HostileProxy::start(sim.addr().port());
+    let daemon = Daemon::start(&with(base_env(sim), &[("CONSULHTTPURL", &proxy.url())]));
+    (proxy, daemon)
+}
+
+/// Whether the daemon is idle and has seen everything: each of its four watches is
+/// parked in a blocking query, the catalog one at the current services index (so after
+/// our own registration) and the entry one at or after the entry's last write (so after
+/// the echo of our own write). The simulator, like Consul, parks the other config-entry
+/// watches until their own entry changes, at whatever index they last saw.
+fn daemon_idle(sim: &Sim) -> bool {
+    let parked = sim.in_flight();
+    let parked_at = |path: &str| {
+        parked
+            .iter()
+            .filter(|(_, method, p, _)| method == "GET" && p == path)
+            .filter_map(|(_, _, _, query)| {
+                query
+                    .split('&')
+                    .find_map(|pair| pair.strip_prefix("index="))
+                    .and_then(|v| v.parse::<u64>().ok())
+            })
+            .max()
+    };
+    let written = entry(sim)
+        .and_then(|e| e["ModifyIndex"].as_u64())
+        .unwrap_or(0);
+    parked_at(CATALOG_PATH) == Some(sim.indexes().0.max(1))
+        && parked_at(SERVICE_DEFAULTS_PATH).is_some()
+        && parked_at(PROXY_DEFAULTS_PATH).is_some()
+        && parked_at(&entry_path()).is_some_and(|index| index >= written)
+}
+
+/// Once the daemon is idle, makes `change` in Consul with the next answer on `path`
+/// that carries a change spoiled as `spoil`; returns that answer once the proxy has
+/// sent it.
+fn change_with_one_answer_spoiled(
+    sim: &Sim,
+    proxy: &HostileProxy,
+    path: &str,
+    spoil: Spoil,
+    change: impl FnOnce(),
+) -> Spoiled {
+    wait_until(EVENTUALLY, "the daemon idle, every watch parked", || {
+        daemon_idle(sim)
+    });
+    proxy.spoil_next_change(path, spoil);
+    change();
+    wait_until(EVENTUALLY, "the answer carrying the change spoiled", || {
+        !proxy.spoiled().is_empty()
+    });
+    let spoiled = proxy.spoiled();
+    assert_eq!(spoiled.len(), 1, "exactly one answer spoiled: {spoiled:?}");
+    spoiled[0].clone()
+}
+
+#[test]
+fn a_catalog_answer_cut_short_is_read_again_and_its_change_applied() {
+    let sim = sim_http();
+    sim.add_service(service("shop", &[SHOP]));
+    let (proxy, daemon) = through_proxy(&sim);
+    wait_until(EVENTUALLY, "converged", || {
+        routes(&sim, 9997) == [route("shop", &["shop.example.com"])]
+    });
+
+    let spoiled =
+        change_with_one_answer_spoiled(&sim, &proxy, CATALOG_PATH, Spoil::TruncatedJson, || {
+            sim.add_service(service("cart", &[CART]))
+        });
+    assert!(
+        spoiled.real_body.contains("cart.example.com"),
+        "{spoiled:?}"
+    );
+    wait_until(
+        SPOILED_CHANGE_APPLIED,
+        "cart routed without a further change",
+        || routes(&sim, 9997) == shop_and_cart(),
+    );
+    wait_until(EVENTUALLY, "cart's tag on the ingress service", || {
+        ingress_tags(&sim).is_some_and(|t| t.iter().any(|tag| tag.contains("cart.example.com")))
+    });
+    daemon.wait_output(
+        EVENTUALLY,
+        "GET /v1/catalog/services: unexpected response body",
+    );
+    wait_until(EVENTUALLY, "/health ok", || daemon.health().0 == 200);
+}
+
+#[test]
+fn a_service_defaults_answer_as_an_html_page_is_read_again_and_its_change_applied() {
+    // No proxy-defaults: shop is tcp until its service-defaults say http.
+    let sim = Sim::start(SimOptions::default());
+    sim.add_service(service("shop", &[SHOP]));
+    let (proxy, daemon) = through_proxy(&sim);
+    daemon.wait_output(EVENTUALLY, "protocol is \"tcp\"");
+    assert!(entry(&sim).is_none(), "nothing exposed yet");
+
+    let spoiled =
+        change_with_one_answer_spoiled(&sim, &proxy, SERVICE_DEFAULTS_PATH, Spoil::Html, || {
+            sim.put_config(
+                json!({"Kind": "service-defaults", "Name": "shop", "Protocol": "http"}),
+                None,
+            )
+            .expect("service-defaults accepted");
+        });
+    assert!(spoiled.real_body.contains("\"shop\""), "{spoiled:?}");
+    wait_until(
+        SPOILED_CHANGE_APPLIED,
+        "shop routed without a further change",
+        || routes(&sim, 9997) == [route("shop", &["shop.example.com"])],
+    );
+    daemon.wait_output(
+        EVENTUALLY,
+        "GET /v1/config/service-defaults: unexpected response body",
+    );
+    wait_until(EVENTUALLY, "/health ok", || daemon.health().0 == 200);
+}
+
+#[test]
+fn a_proxy_defaults_answer_cut_short_is_read_again_and_its_change_applied() {
+    // No proxy-defaults yet (the watch holds a 404): shop is tcp until they say http.
+    let sim = Sim::start(SimOptions::default());
+    sim.add_service(service("shop", &[SHOP]));
+    let (proxy, daemon) = through_proxy(&sim);
+    daemon.wait_output(EVENTUALLY, "protocol is \"tcp\"");
+    assert!(entry(&sim).is_none(), "nothing exposed yet");
+
+    let spoiled = change_with_one_answer_spoiled(
+        &sim,
+        &proxy,
+        PROXY_DEFAULTS_PATH,
+        Spoil::TruncatedJson,
+        || {
+            sim.put_config(
+                json!({"Kind": "proxy-defaults", "Name": "global", "Config": {"protocol": "http"}}),
+                None,
+            )
+            .expect("proxy-defaults accepted");
+        },
+    );
+    assert!(spoiled.real_body.contains("\"protocol\""), "{spoiled:?}");
+    wait_until(
+        SPOILED_CHANGE_APPLIED,
+        "shop routed without a further change",
+        || routes(&sim, 9997) == [route("shop", &["shop.example.com"])],
+    );
+    daemon.wait_output(
+        EVENTUALLY,
+        "GET /v1/config/proxy-defaults/global: unexpected response body",
+    );
+    wait_until(EVENTUALLY, "/health ok", || daemon.health().0 == 200);
+}
+
+#[test]
+fn an_entry_answer_as_an_html_page_is_read_again_and_a_foreign_edit_repaired() {
+    let sim = sim_http();
+    sim.add_service(service("shop", &[SHOP]));
+    let (proxy, daemon) = through_proxy(&sim);
+    wait_until(EVENTUALLY, "converged", || {
+        routes(&sim, 9997) == [route("shop", &["shop.example.com"])]
+    });
+
+    // Someone edits our listener by hand; the answer showing it to the daemon is spoiled.
+    let mut edited = entry(&sim).expect("entry");
+    edited["Listeners"] = json!([
+        {"Port": 9997, "Protocol": "http", "Services": [{"Name": "shop", "Hosts": ["wrong.example.com"]}]}
+    ]);
+    let path = entry_path();
+    let spoiled = change_with_one_answer_spoiled(&sim, &proxy, &path, Spoil::Html, || {
+        sim.put_config(edited, None).expect("edit accepted");
+    });
+    assert!(
+        spoiled.real_body.contains("wrong.example.com"),
+        "{spoiled:?}"
+    );
+    wait_until(SPOILED_CHANGE_APPLIED, "our listener repaired", || {
+        routes(&sim, 9997) == [route("shop", &["shop.example.com"])]
+    });
+    daemon.wait_output(
+        EVENTUALLY,
+        "GET /v1/config/ingress-gateway/edge: unexpected response body",
+    );
+    wait_until(EVENTUALLY, "/health ok", || daemon.health().0 == 200);
+}
+
+#[test]
+fn an_entry_deletion_answered_with_an_html_page_is_read_again_and_the_entry_re_created() {
+    let sim = sim_http();
+    sim.add_service(service("shop", &[SHOP]));
+    let (proxy, daemon) = through_proxy(&sim);
+    wait_until(EVENTUALLY, "converged", || {
+        routes(&sim, 9997) == [route("shop", &["shop.example.com"])]
+    });
+
+    // The entry is deleted by hand; the 404 telling the daemon becomes a 200 HTML page.
+    let path = entry_path();
+    let spoiled = change_with_one_answer_spoiled(&sim, &proxy, &path, Spoil::Html, || {
+        sim.delete_config("ingress-gateway", GATEWAY);
+    });
+    assert!(!spoiled.real_body.contains("Listeners"), "{spoiled:?}");
+    wait_until(SPOILED_CHANGE_APPLIED, "the entry re-created", || {
+        routes(&sim, 9997) == [route("shop", &["shop.example.com"])]
+    });
+    daemon.wait_output(
+        EVENTUALLY,
+        "GET /v1/config/ingress-gateway/edge: unexpected response body",
+    );
+    wait_until(EVENTUALLY, "/health ok", || daemon.health().0 == 200);
 }
