@@ -112,6 +112,7 @@ job "ingress-gateway" {
       # above, so they cannot drift from what the gateway binds.
       env {
         TYPEGATEWAY               = "traefik"
+        CONSULGATEWAY             = "ingress"
         TAGINGRESSSERVICE         = var.prefix
         SERVICENAMEINGRESSGATEWAY = var.gateway_name
         INGRESSPORT               = "${NOMAD_PORT_ingress}"

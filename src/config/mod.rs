@@ -29,6 +29,17 @@ pub enum GatewayType {
     Fabio,
 }
 
+/// Which Consul gateway the daemon configures (CONSULGATEWAY), named after
+/// `consul connect envoy -gateway=<kind>`. [`GatewayType`] is the outer proxy instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatewayKind {
+    /// An `ingress-gateway` config entry with one listener per protocol (the default).
+    Ingress,
+    /// An `api-gateway` config entry with one `http` listener, plus one `http-route`
+    /// entry per exposed service.
+    Api,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -38,7 +49,10 @@ pub enum LogFormat {
 /// The validated configuration. Once it exists, it is valid.
 #[derive(Debug)]
 pub struct Config {
+    /// The outer proxy reading the ingress service's tags (TYPEGATEWAY).
     pub gateway_type: GatewayType,
+    /// The Consul gateway whose entries the daemon writes (CONSULGATEWAY).
+    pub gateway_kind: GatewayKind,
     /// Tag prefix including its trailing `-` (`gw-us-east-`).
     pub tag_prefix: String,
     pub gateway_name: String,
@@ -88,13 +102,14 @@ pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, Vec<Conf
 fn from_env_with(get: Source<'_>, system_bundles: &[&Path]) -> Result<Config, Vec<ConfigError>> {
     let mut env = Env::new(get);
     let gateway = parse_gateway(&mut env);
-    let ports = parse_ports(&mut env);
+    let ports = parse_ports(&mut env, gateway.as_ref().map(|g| g.gateway_kind));
     let consul = consul::parse_consul(&mut env, system_bundles);
     let logging = parse_logging(&mut env);
     match (gateway, ports, consul, logging) {
         (Some(gateway), Some(ports), Some(consul), Some(logging)) if env.errors.is_empty() => {
             Ok(Config {
                 gateway_type: gateway.gateway_type,
+                gateway_kind: gateway.gateway_kind,
                 tag_prefix: gateway.tag_prefix,
                 gateway_name: gateway.gateway_name,
                 ingress_service_name: gateway.ingress_service_name,
@@ -119,6 +134,7 @@ fn from_env_with(get: Source<'_>, system_bundles: &[&Path]) -> Result<Config, Ve
 /// What is exposed and under which names.
 struct GatewaySettings {
     gateway_type: GatewayType,
+    gateway_kind: GatewayKind,
     tag_prefix: String,
     gateway_name: String,
     ingress_service_name: String,
@@ -133,6 +149,16 @@ fn parse_gateway(env: &mut Env<'_>) -> Option<GatewaySettings> {
             "fabio" => Ok(GatewayType::Fabio),
             _ => Err(format!(
                 "{v:?} is not a gateway type; expected traefik or fabio"
+            )),
+        }
+    });
+    let gateway_kind = env.parse("CONSULGATEWAY", Some(GatewayKind::Ingress), |v| {
+        match v.to_ascii_lowercase().as_str() {
+            "ingress" => Ok(GatewayKind::Ingress),
+            "api" => Ok(GatewayKind::Api),
+            _ => Err(format!(
+                "{v:?} is not a Consul gateway kind; expected ingress or api (as in consul \
+                 connect envoy -gateway=<kind>)"
             )),
         }
     });
@@ -152,6 +178,7 @@ fn parse_gateway(env: &mut Env<'_>) -> Option<GatewaySettings> {
     let set_service_defaults = env.parse_bool("SETSERVICEDEFAULTS", false);
     Some(GatewaySettings {
         gateway_type: gateway_type?,
+        gateway_kind: gateway_kind?,
         tag_prefix: tag_prefix?,
         gateway_name: gateway_name?,
         ingress_service_name: ingress_service_name?,
@@ -197,10 +224,26 @@ struct Ports {
     address: Option<String>,
 }
 
-fn parse_ports(env: &mut Env<'_>) -> Option<Ports> {
+/// `kind` is `None` when CONSULGATEWAY itself is wrong: the mode-specific checks wait.
+fn parse_ports(env: &mut Env<'_>, kind: Option<GatewayKind>) -> Option<Ports> {
     let ingress = env.parse("INGRESSPORT", Some(9997), |v| parse_port(v, 1));
     let http2 = env.parse_optional("INGRESSPORTHTTP2", |v| parse_port(v, 1));
     let grpc = env.parse_optional("INGRESSPORTGRPC", |v| parse_port(v, 1));
+    if kind == Some(GatewayKind::Api) {
+        for (name, port) in [("INGRESSPORTHTTP2", http2), ("INGRESSPORTGRPC", grpc)] {
+            if let Some(Some(port)) = port {
+                env.error(
+                    name,
+                    format!(
+                        "{port} is set, but with CONSULGATEWAY=api the gateway has only the \
+                         http listener on INGRESSPORT (Consul binds http-routes only to \
+                         services whose protocol is http); unset it, or use \
+                         CONSULGATEWAY=ingress"
+                    ),
+                );
+            }
+        }
+    }
     let health_check = env.parse("INGRESSHEALTHCHECKPORT", Some(8443), |v| parse_port(v, 1));
     let health = env.parse("HEALTHPORT", Some(10000), |v| parse_port(v, 0));
     check_distinct_ports(

@@ -108,6 +108,7 @@ fn errors(pairs: &[(&str, &str)]) -> Vec<ConfigError> {
 fn defaults() {
     let config = ok(&[]);
     assert_eq!(config.gateway_type, GatewayType::Traefik);
+    assert_eq!(config.gateway_kind, GatewayKind::Ingress);
     assert_eq!(config.tag_prefix, "gw-us-east-");
     assert_eq!(config.gateway_name, "edge");
     assert_eq!(config.ingress_service_name, "edge-ingress");
@@ -280,7 +281,10 @@ fn every_error_names_its_variable() {
     #[rustfmt::skip]
     let cases: &[(Pairs, &str, &str)] = &[
         (&[("TYPEGATEWAY", "nginx")], "TYPEGATEWAY", "\"nginx\" is not a gateway type; expected traefik or fabio"),
-        (&[("TAGINGRESSSERVICE", "gw us")], "TAGINGRESSSERVICE", "\"gw us\" contains whitespace"),
+        (&[("CONSULGATEWAY", "terminating")], "CONSULGATEWAY", "\"terminating\" is not a Consul gateway kind; expected ingress or api"),
+    (&[("CONSULGATEWAY", "api"), ("INGRESSPORTHTTP2", "9998")], "INGRESSPORTHTTP2", "9998 is set, but with CONSULGATEWAY=api the gateway has only the http listener"),
+    (&[("CONSULGATEWAY", "api"), ("INGRESSPORTGRPC", "9999")], "INGRESSPORTGRPC", "binds http-routes only to services whose protocol is http"),
+    (&[("TAGINGRESSSERVICE", "gw us")], "TAGINGRESSSERVICE", "\"gw us\" contains whitespace"),
         (&[("TAGINGRESSSERVICE", "---")], "TAGINGRESSSERVICE", "\"---\" has nothing before"),
         (&[("SERVICENAMEINGRESSGATEWAY", "")], "SERVICENAMEINGRESSGATEWAY", "required"),
         (&[("SERVICENAMEINGRESSGATEWAY", "edge/x")], "SERVICENAMEINGRESSGATEWAY", "\"edge/x\" is not usable in a Consul URL path; expected only letters, digits"),
@@ -907,4 +911,36 @@ fn a_value_that_is_not_utf8_is_an_error_naming_its_variable() {
             "{variable}: {errors:?}"
         );
     }
+}
+
+#[test]
+fn consul_gateway_kinds() {
+    #[rustfmt::skip]
+    let cases: &[(Pairs, GatewayKind)] = &[
+        (&[], GatewayKind::Ingress),
+        (&[("CONSULGATEWAY", "")], GatewayKind::Ingress),
+        (&[("CONSULGATEWAY", "ingress")], GatewayKind::Ingress),
+        (&[("CONSULGATEWAY", "api")], GatewayKind::Api),
+        (&[("CONSULGATEWAY", "API")], GatewayKind::Api),
+        // The extra listeners stay an ingress-mode feature.
+        (&[("INGRESSPORTHTTP2", "9998"), ("INGRESSPORTGRPC", "9999")], GatewayKind::Ingress),
+        // Empty means unset, also in api mode.
+        (&[("CONSULGATEWAY", "api"), ("INGRESSPORTHTTP2", ""), ("INGRESSPORTGRPC", "")], GatewayKind::Api),
+    ];
+    for &(pairs, want) in cases {
+        assert_eq!(ok(pairs).gateway_kind, want, "{pairs:?}");
+    }
+    // Both extra ports in api mode: both named, with any other problem.
+    let errors = errors(&[
+        ("CONSULGATEWAY", "api"),
+        ("INGRESSPORTHTTP2", "9998"),
+        ("INGRESSPORTGRPC", "9999"),
+        ("LOGFORMAT", "xml"),
+    ]);
+    let variables: Vec<&str> = errors.iter().map(|e| e.variable).collect();
+    assert_eq!(
+        variables,
+        ["INGRESSPORTHTTP2", "INGRESSPORTGRPC", "LOGFORMAT"],
+        "{errors:?}"
+    );
 }

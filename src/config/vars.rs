@@ -19,14 +19,15 @@ pub struct Var {
 #[rustfmt::skip]
 pub const VARIABLES: &[Var] = &[
     Var { name: "TYPEGATEWAY", default: "traefik", help: "outer proxy that reads the ingress service's tags: traefik or fabio" },
+    Var { name: "CONSULGATEWAY", default: "ingress", help: "Consul gateway kind the daemon configures: ingress (ingress-gateway entry) or api (api-gateway entry and one http-route per service)" },
     Var { name: "TAGINGRESSSERVICE", default: "", help: "required; tag prefix selecting tags to expose, e.g. gw-us-east (a tag is selected when it starts with gw-us-east-)" },
-    Var { name: "SERVICENAMEINGRESSGATEWAY", default: "", help: "required; the ingress gateway's service name, also the name of the ingress-gateway config entry" },
+    Var { name: "SERVICENAMEINGRESSGATEWAY", default: "", help: "required; the gateway's service name, also the name of its ingress-gateway or api-gateway config entry" },
     Var { name: "INGRESSSERVICENAME", default: "<SERVICENAMEINGRESSGATEWAY>-ingress", help: "name of the ingress service registered for the outer proxy" },
     Var { name: "INGRESSSERVICEID", default: "<INGRESSSERVICENAME>[-<NOMAD_ALLOC_ID>]", help: "agent service ID of the ingress service (unique per agent)" },
     Var { name: "NOMAD_ALLOC_ID", default: "", help: "set by Nomad; suffixes the default INGRESSSERVICEID so several gateways can share a node" },
     Var { name: "INGRESSPORT", default: "9997", help: "gateway HTTP listener port: the ingress service's port and the config entry's http listener" },
-    Var { name: "INGRESSPORTHTTP2", default: "", help: "optional gateway listener port for services whose protocol is http2" },
-    Var { name: "INGRESSPORTGRPC", default: "", help: "optional gateway listener port for services whose protocol is grpc" },
+    Var { name: "INGRESSPORTHTTP2", default: "", help: "optional gateway listener port for services whose protocol is http2 (CONSULGATEWAY=ingress only)" },
+    Var { name: "INGRESSPORTGRPC", default: "", help: "optional gateway listener port for services whose protocol is grpc (CONSULGATEWAY=ingress only)" },
     Var { name: "INGRESSHEALTHCHECKPORT", default: "8443", help: "gateway readiness port; the ingress service's check is GET http://<address>:<port>/ready" },
     Var { name: "INGRESSADDRESS", default: "", help: "address registered for the ingress service and used in its check URL (default: the agent's node address; the check uses 127.0.0.1)" },
     Var { name: "HEALTHPORT", default: "10000", help: "port of this daemon's /health endpoint (0: chosen by the OS, logged at start)" },
@@ -56,13 +57,14 @@ pub fn help_text() -> String {
     let mut text = String::from(
         "Usage: ingress-service-monitor [--dry-run | --help | --version]\n\
          \n\
-         Exposes Consul mesh services through a Consul Connect Envoy ingress gateway. It\n\
-         watches the catalog for services tagged with the TAGINGRESSSERVICE prefix, registers\n\
-         an ingress service on the gateway's port carrying those tags with the prefix stripped\n\
-         (so Traefik or Fabio routes the hosts to the gateway), and writes the ingress-gateway\n\
-         config entry so Envoy routes each host to the right service. It serves /health and\n\
-         deregisters the ingress service on SIGTERM or SIGINT. Configuration is read from the\n\
-         environment only.\n\
+         Exposes Consul mesh services through a Consul Connect Envoy ingress or API gateway.\n\
+         It watches the catalog for services tagged with the TAGINGRESSSERVICE prefix,\n\
+         registers an ingress service on the gateway's port carrying those tags with the\n\
+         prefix stripped (so Traefik or Fabio routes the hosts to the gateway), and writes the\n\
+         gateway's config entries (ingress-gateway, or with CONSULGATEWAY=api an api-gateway\n\
+         and http-routes) so Envoy routes each host to the right service. It serves /health\n\
+         and deregisters the ingress service on SIGTERM or SIGINT. Configuration is read\n\
+         from the environment only.\n\
          \n\
          Flags:\n  \
            --dry-run   read Consul once, print the planned registration and config entry as JSON, write nothing, exit\n  \
