@@ -67,6 +67,8 @@ pub struct Config {
     pub health_port: u16,
     pub consul: ConsulConfig,
     pub set_service_defaults: bool,
+    /// SETINTENTIONS: allow the gateway in each exposed service's `service-intentions`.
+    pub set_intentions: bool,
     pub log_format: LogFormat,
     /// RUST_LOG, already parsed.
     pub log_filter: tracing_subscriber::filter::Targets,
@@ -122,6 +124,7 @@ fn from_env_with(get: Source<'_>, system_bundles: &[&Path]) -> Result<Config, Ve
                 health_port: ports.health,
                 consul,
                 set_service_defaults: gateway.set_service_defaults,
+                set_intentions: gateway.set_intentions,
                 log_format: logging.format,
                 log_filter: logging.filter,
             })
@@ -140,6 +143,7 @@ struct GatewaySettings {
     ingress_service_name: String,
     ingress_service_id: String,
     set_service_defaults: bool,
+    set_intentions: bool,
 }
 
 fn parse_gateway(env: &mut Env<'_>) -> Option<GatewaySettings> {
@@ -176,6 +180,7 @@ fn parse_gateway(env: &mut Env<'_>) -> Option<GatewaySettings> {
     };
     let ingress_service_id = parse_service_id(env, ingress_service_name.as_deref());
     let set_service_defaults = env.parse_bool("SETSERVICEDEFAULTS", false);
+    let set_intentions = env.parse_bool("SETINTENTIONS", false);
     Some(GatewaySettings {
         gateway_type: gateway_type?,
         gateway_kind: gateway_kind?,
@@ -184,6 +189,7 @@ fn parse_gateway(env: &mut Env<'_>) -> Option<GatewaySettings> {
         ingress_service_name: ingress_service_name?,
         ingress_service_id: ingress_service_id?,
         set_service_defaults: set_service_defaults?,
+        set_intentions: set_intentions?,
     })
 }
 

@@ -120,6 +120,7 @@ fn defaults() {
     assert_eq!(config.ingress_address, None);
     assert_eq!(config.health_port, 10000);
     assert!(!config.set_service_defaults);
+    assert!(!config.set_intentions);
     assert_eq!(config.log_format, LogFormat::Text);
     assert!(config
         .log_filter
@@ -155,6 +156,7 @@ fn explicit_values() {
         ("HEALTHPORT", "0"),
         ("INGRESSADDRESS", "10.0.0.5"),
         ("SETSERVICEDEFAULTS", "T"),
+        ("SETINTENTIONS", "true"),
         ("LOGFORMAT", "JSON"),
         ("RUST_LOG", "warn,ingress_service_monitor=debug"),
         ("CONSUL_NAMESPACE", "team-a"),
@@ -169,6 +171,7 @@ fn explicit_values() {
     assert_eq!(config.health_port, 0);
     assert_eq!(config.ingress_address.as_deref(), Some("10.0.0.5"));
     assert!(config.set_service_defaults);
+    assert!(config.set_intentions);
     assert_eq!(config.log_format, LogFormat::Json);
     assert!(config
         .log_filter
@@ -332,6 +335,7 @@ fn every_error_names_its_variable() {
         (&[("CONSUL_NAMESPACE", "a b")], "CONSUL_NAMESPACE", "\"a b\" is not a Consul namespace name"),
         (&[("CONSUL_PARTITION", "a/b")], "CONSUL_PARTITION", "\"a/b\" is not a Consul partition name"),
         (&[("SETSERVICEDEFAULTS", "yes")], "SETSERVICEDEFAULTS", "\"yes\" is not a boolean"),
+    (&[("SETINTENTIONS", "on")], "SETINTENTIONS", "\"on\" is not a boolean; expected true or false"),
         (&[("LOGFORMAT", "xml")], "LOGFORMAT", "\"xml\" is not a log format; expected text or json"),
         (&[("RUST_LOG", "foo=loud")], "RUST_LOG", "\"foo=loud\" is not a log filter"),
         (&[("CONSULHTTPURL", "https://consul:8501")], "CONSUL_CACERT", "needs a CA bundle"),
@@ -943,4 +947,27 @@ fn consul_gateway_kinds() {
         ["INGRESSPORTHTTP2", "INGRESSPORTGRPC", "LOGFORMAT"],
         "{errors:?}"
     );
+}
+
+#[test]
+fn set_intentions_is_a_strict_boolean_off_by_default() {
+    #[rustfmt::skip]
+    let cases: &[(Pairs, bool)] = &[
+        (&[], false),
+        (&[("SETINTENTIONS", "")], false),
+        (&[("SETINTENTIONS", "false")], false),
+        (&[("SETINTENTIONS", "0")], false),
+        (&[("SETINTENTIONS", "true")], true),
+        (&[("SETINTENTIONS", "True")], true),
+        (&[("SETINTENTIONS", "1")], true),
+        (&[("SETINTENTIONS", "true"), ("CONSULGATEWAY", "api")], true),
+    ];
+    for &(pairs, want) in cases {
+        assert_eq!(ok(pairs).set_intentions, want, "{pairs:?}");
+    }
+    for bad in ["yes", "no", "enabled", " true"] {
+        let errors = errors(&[("SETINTENTIONS", bad)]);
+        assert_eq!(errors.len(), 1, "{bad:?}: {errors:?}");
+        assert_eq!(errors[0].variable, "SETINTENTIONS");
+    }
 }

@@ -47,6 +47,7 @@ pub const VARIABLES: &[Var] = &[
     Var { name: "CONSUL_NAMESPACE", default: "", help: "Consul Enterprise namespace sent with every request" },
     Var { name: "CONSUL_PARTITION", default: "", help: "Consul Enterprise admin partition sent with every request" },
     Var { name: "SETSERVICEDEFAULTS", default: "false", help: "true: create service-defaults Protocol=http (create-only) for exposed services that have none" },
+    Var { name: "SETINTENTIONS", default: "false", help: "true: keep an allow intention from the gateway in the service-intentions entry of every exposed service (other sources kept)" },
     Var { name: "LOGFORMAT", default: "text", help: "log output: text or json" },
     Var { name: "RUST_LOG", default: "info", help: "log level filter, e.g. info or info,ingress_service_monitor=debug" },
 ];
