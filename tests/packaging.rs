@@ -244,6 +244,133 @@ fn nomad_jobs_run_the_daemon_as_a_sidecar_of_the_gateway_with_matching_ports() {
     }
 }
 
+/// What Nomad gives a task whose identity `consul_default` it exchanged for a Consul token
+/// (Nomad's `consul` block documentation, "Access to Token"): the token in `CONSUL_TOKEN`
+/// and, since Nomad 1.8, `CONSUL_HTTP_TOKEN` (hashicorp/nomad#20519), and in
+/// `secrets/consul_token`, a root-owned 0640 file the image's non-root user cannot read.
+const NOMAD_CONSUL_TOKEN_ENV: [&str; 2] = ["CONSUL_HTTP_TOKEN", "CONSUL_TOKEN"];
+
+/// The `identity` blocks of a task as Nomad expands them: plain blocks and `dynamic
+/// "identity"` blocks (evaluated in `ctx`, i.e. with the job's variable values),
+/// as (name, aud).
+fn task_identities(task: &Block, ctx: &Context) -> Vec<(String, Vec<String>)> {
+    let strings = |value: Option<Value>| -> Vec<String> {
+        match value {
+            Some(Value::Array(items)) => items.iter().map(as_text).collect(),
+            _ => Vec::new(),
+        }
+    };
+    let read = |body: &Body, ctx: &Context| {
+        let name = attr(body, "name")
+            .map(|e| as_text(&e.evaluate(ctx).expect("identity name")))
+            .unwrap_or_else(|| "default".into());
+        let aud = strings(attr(body, "aud").map(|e| e.evaluate(ctx).expect("identity aud")));
+        (name, aud)
+    };
+    let mut found: Vec<(String, Vec<String>)> = blocks(task.body(), "identity")
+        .map(|b| read(b.body(), ctx))
+        .collect();
+    for dynamic in blocks(task.body(), "dynamic").filter(|b| label(b) == "identity") {
+        let items = match attr(dynamic.body(), "for_each").map(|e| e.evaluate(ctx)) {
+            Some(Ok(Value::Array(items))) => items,
+            other => panic!("dynamic \"identity\": for_each must be a list, found {other:?}"),
+        };
+        let content = block(dynamic.body(), "content").expect("dynamic block without content");
+        for (i, item) in items.into_iter().enumerate() {
+            let mut item_ctx = ctx.clone();
+            let iterator: hcl::Map<String, Value> = [
+                ("key".to_string(), Value::from(i as u64)),
+                ("value".to_string(), item),
+            ]
+            .into_iter()
+            .collect();
+            item_ctx.declare_var("identity", Value::Object(iterator));
+            found.push(read(content.body(), &item_ctx));
+        }
+    }
+    found
+}
+
+/// In an ACL-enabled cluster both tasks get a Consul token from their workload identity,
+/// and the daemon reads the variable Nomad puts it in. Checked against the real parser: the
+/// job's evaluated env plus what Nomad adds must give the daemon that token.
+#[test]
+fn nomad_jobs_give_both_tasks_a_consul_token_from_their_workload_identity() {
+    use ingress_service_monitor::config::{from_env, TOKEN_VARIABLES};
+    for (file, _) in NOMAD_JOBS {
+        let nomad = NomadJob::parse(file);
+        let mut problems = Vec::new();
+        let (group, daemon) = daemon_task(nomad.job());
+        let gateway = blocks(group.body(), "task")
+            .find(|t| is_gateway_task(t))
+            .expect("a gateway task");
+        for task in [daemon, gateway] {
+            let name = label(task);
+            if block(task.body(), "consul").is_none() {
+                problems.push(format!("task {name} has no consul {{}} block"));
+            }
+            let identities = task_identities(task, &nomad.ctx());
+            match identities.iter().find(|(n, _)| n == "consul_default") {
+                Some((_, aud)) if aud.iter().any(|a| a == "consul.io") => {}
+                Some((_, aud)) => problems.push(format!(
+                    "task {name}: identity consul_default has aud {aud:?}, expected consul.io (the auth method's BoundAudiences)"
+                )),
+                None => problems.push(format!(
+                    "task {name} has no identity named consul_default (found {identities:?})"
+                )),
+            }
+            // Switched off for clusters without Consul ACLs, where the login would fail.
+            let mut off = nomad.vars.clone();
+            if let Value::Object(vars) = &mut off {
+                vars.insert("consul_workload_identity".into(), Value::from(false));
+            }
+            let off_ctx = nomad_context(off, &nomad.ports);
+            if task_identities(task, &off_ctx)
+                .iter()
+                .any(|(n, _)| n == "consul_default")
+            {
+                problems.push(format!(
+                    "task {name}: consul_workload_identity=false leaves the identity in place"
+                ));
+            }
+        }
+        // A token variable in the env block would shadow (or be shadowed by) Nomad's.
+        for name in TOKEN_VARIABLES {
+            if nomad.env.contains_key(name) {
+                problems.push(format!("env sets {name}; the token comes from Nomad"));
+            }
+        }
+        for name in NOMAD_CONSUL_TOKEN_ENV {
+            if !variable_names().contains(name) {
+                problems.push(format!("Nomad sets {name}, which the daemon does not read"));
+            }
+        }
+        // Nomad 1.8+ (both variables) and 1.7 (CONSUL_TOKEN only).
+        for given in [&NOMAD_CONSUL_TOKEN_ENV[..], &["CONSUL_TOKEN"]] {
+            let mut env: BTreeMap<String, String> = nomad.env.clone();
+            env.insert(
+                "NOMAD_ALLOC_ID".into(),
+                "00000000-0000-0000-0000-000000000000".into(),
+            );
+            for name in given {
+                env.insert(name.to_string(), "token-from-nomad".into());
+            }
+            match from_env(&|name| env.get(name).cloned()) {
+                Ok(config) => {
+                    let token = config.consul.token.as_ref().map(|t| t.secret().to_string());
+                    if token.as_deref() != Some("token-from-nomad") {
+                        problems.push(format!(
+                            "with {given:?} set the daemon's token is {token:?}"
+                        ));
+                    }
+                }
+                Err(errors) => problems.push(format!("the job's env does not parse: {errors:?}")),
+            }
+        }
+        assert_no_problems(file, &problems);
+    }
+}
+
 /// One job file, parsed and evaluated as Nomad would for its daemon task.
 struct NomadJob {
     file: &'static str,

@@ -315,16 +315,27 @@ fn parse_host_port(authority: &str) -> Result<(String, Option<u16>), String> {
     Ok((host.to_owned(), port))
 }
 
+/// Every variable a token comes from, in precedence order.
+pub const TOKEN_VARIABLES: [&str; 4] = [
+    "CONSULTOKEN",
+    "CONSUL_HTTP_TOKEN_FILE",
+    "CONSUL_HTTP_TOKEN",
+    "CONSUL_TOKEN",
+];
+
 const TOKEN_CHARSET: &str = "the token contains characters not allowed in an HTTP header \
                              (control characters, line breaks or non-ASCII); the value is not \
                              shown";
 
-/// CONSULTOKEN, else a non-empty CONSUL_HTTP_TOKEN_FILE, else CONSUL_HTTP_TOKEN. The
-/// secret never appears in an error message.
+/// CONSULTOKEN, else a non-empty CONSUL_HTTP_TOKEN_FILE, else CONSUL_HTTP_TOKEN, else
+/// CONSUL_TOKEN (what Nomad 1.7 gives a task from its Consul workload identity; 1.8 sets
+/// CONSUL_HTTP_TOKEN to the same token). The secret never appears in an error message.
 fn parse_token(env: &mut Env<'_>) -> Option<Option<Token>> {
-    let from_env_var = |env: &mut Env<'_>| {
-        env.value("CONSUL_HTTP_TOKEN")
-            .map(|secret| ("CONSUL_HTTP_TOKEN", secret))
+    let from_env_var = |env: &mut Env<'_>| match env.value("CONSUL_HTTP_TOKEN") {
+        Some(secret) => Some(("CONSUL_HTTP_TOKEN", secret)),
+        None => env
+            .value("CONSUL_TOKEN")
+            .map(|secret| ("CONSUL_TOKEN", secret)),
     };
     let found = match env.value("CONSULTOKEN") {
         Some(secret) => Some(("CONSULTOKEN", secret)),
@@ -348,10 +359,7 @@ fn parse_token(env: &mut Env<'_>) -> Option<Option<Token>> {
             None => from_env_var(env),
         },
     };
-    if ["CONSULTOKEN", "CONSUL_HTTP_TOKEN_FILE", "CONSUL_HTTP_TOKEN"]
-        .iter()
-        .any(|v| env.has_error(v))
-    {
+    if TOKEN_VARIABLES.iter().any(|v| env.has_error(v)) {
         return None;
     }
     let Some((variable, secret)) = found else {

@@ -18,7 +18,7 @@ use std::path::Path;
 mod consul;
 mod vars;
 
-pub use consul::{AgentAddress, ClientAuth, ConsulConfig, TlsConfig, Token};
+pub use consul::{AgentAddress, ClientAuth, ConsulConfig, TlsConfig, Token, TOKEN_VARIABLES};
 pub use vars::{help_text, parse_bool, Source, Var, VARIABLES};
 
 use vars::Env;

@@ -331,6 +331,7 @@ fn every_error_names_its_variable() {
         (&[("CONSUL_HTTP_SSL", "yes")], "CONSUL_HTTP_SSL", "\"yes\" is not a boolean"),
         (&[("CONSUL_HTTP_TOKEN_FILE", "/nonexistent/ism-token")], "CONSUL_HTTP_TOKEN_FILE", "cannot read the token file \"/nonexistent/ism-token\""),
         (&[("CONSUL_HTTP_TOKEN", "line1\nline2")], "CONSUL_HTTP_TOKEN", "not allowed in an HTTP header"),
+    (&[("CONSUL_TOKEN", "line1\nline2")], "CONSUL_TOKEN", "not allowed in an HTTP header"),
     (&[("CONSUL_HTTP_AUTH", "user:pa\nss")], "CONSUL_HTTP_AUTH", "which an HTTP header cannot carry"),
         (&[("CONSUL_NAMESPACE", "a b")], "CONSUL_NAMESPACE", "\"a b\" is not a Consul namespace name"),
         (&[("CONSUL_PARTITION", "a/b")], "CONSUL_PARTITION", "\"a/b\" is not a Consul partition name"),
@@ -543,6 +544,11 @@ fn token_precedence() {
         (&[("CONSUL_HTTP_TOKEN_FILE", &blank)], None),
         (&[("CONSULTOKEN", "seed"), ("CONSUL_HTTP_TOKEN_FILE", &file), ("CONSUL_HTTP_TOKEN", "from-env")], Some("seed")),
         (&[("CONSULTOKEN", ""), ("CONSUL_HTTP_TOKEN", "from-env")], Some("from-env")),
+        // Nomad 1.7 gives a task's Consul token as CONSUL_TOKEN; 1.8 also as CONSUL_HTTP_TOKEN.
+        (&[("CONSUL_TOKEN", "from-nomad")], Some("from-nomad")),
+        (&[("CONSUL_HTTP_TOKEN", "from-env"), ("CONSUL_TOKEN", "from-nomad")], Some("from-env")),
+        (&[("CONSUL_HTTP_TOKEN_FILE", &file), ("CONSUL_TOKEN", "from-nomad")], Some("from-file")),
+        (&[("CONSULTOKEN", "seed"), ("CONSUL_TOKEN", "from-nomad")], Some("seed")),
         // The file is not read when CONSULTOKEN wins, so it cannot fail.
         (&[("CONSULTOKEN", "seed"), ("CONSUL_HTTP_TOKEN_FILE", "/nonexistent/token")], Some("seed")),
     ];
@@ -872,6 +878,7 @@ fn a_value_that_is_not_utf8_is_an_error_naming_its_variable() {
         "CONSULHTTPURL",
         "CONSULTOKEN",
         "CONSUL_HTTP_TOKEN",
+        "CONSUL_TOKEN",
         "CONSUL_HTTP_AUTH",
         "SETSERVICEDEFAULTS",
         "RUST_LOG",
