@@ -48,6 +48,15 @@ variable "image" {
   description = "The FROM-scratch image built from Containerfile.scratch or Dockerfile"
 }
 
+# With Consul ACLs, both tasks log in to Consul with their workload identity (Nomad 1.7+)
+# and get their own token; the README gives the auth method's binding rules and roles.
+# Set this to false on a cluster without Consul ACLs, where that login fails the allocation.
+variable "consul_workload_identity" {
+  type        = bool
+  default     = true
+  description = "Give both tasks a Consul ACL token derived from their workload identity"
+}
+
 # The exec driver runs the gateway from the node's own binaries, by absolute path.
 variable "consul_binary" {
   type    = string
@@ -112,6 +121,7 @@ job "ingress-gateway" {
       # above, so they cannot drift from what the gateway binds.
       env {
         TYPEGATEWAY               = "traefik"
+        CONSULGATEWAY             = "ingress"
         TAGINGRESSSERVICE         = var.prefix
         SERVICENAMEINGRESSGATEWAY = var.gateway_name
         INGRESSPORT               = "${NOMAD_PORT_ingress}"
@@ -124,12 +134,24 @@ job "ingress-gateway" {
         LOGFORMAT      = "json"
       }
 
-      # With ACLs, give the daemon its token from Nomad Variables (policy: see the README):
-      #   template {
-      #     data        = "CONSULTOKEN={{ with nomadVar \"nomad/jobs/ingress-gateway\" }}{{ .consul_token }}{{ end }}"
-      #     destination = "secrets/consul.env"
-      #     env         = true
-      #   }
+      # The daemon's Consul token, from its workload identity: Nomad logs in to Consul with
+      # the identity named consul_default and puts the derived token in the task's
+      # CONSUL_HTTP_TOKEN and CONSUL_TOKEN (both read by the daemon; the env block above
+      # must not set a token variable, which would take precedence) and in
+      # secrets/consul_token (root-owned, mode 0640: unreadable to the image's user, so the
+      # variables are what the daemon uses). The token is read once at start; Nomad keeps
+      # it for the allocation's life.
+      consul {}
+
+      dynamic "identity" {
+        for_each = var.consul_workload_identity ? ["consul_default"] : []
+        content {
+          name = identity.value
+          # The audience the Consul auth method is bound to (`nomad setup consul`).
+          aud = ["consul.io"]
+          ttl = "1h"
+        }
+      }
 
       service {
         name     = "${var.gateway_name}-monitor"
@@ -179,8 +201,19 @@ job "ingress-gateway" {
         ]
       }
 
-      # With ACLs, the gateway needs a token too (CONSUL_HTTP_TOKEN), e.g. from a template
-      # like the daemon's.
+      # The gateway's own token, the same way: `consul connect envoy` reads
+      # CONSUL_HTTP_TOKEN, which Nomad 1.8 and later set (earlier 1.7 releases set only
+      # CONSUL_TOKEN, which the consul CLI ignores).
+      consul {}
+
+      dynamic "identity" {
+        for_each = var.consul_workload_identity ? ["consul_default"] : []
+        content {
+          name = identity.value
+          aud  = ["consul.io"]
+          ttl  = "1h"
+        }
+      }
 
       # Envoy drains its listeners on SIGTERM.
       kill_timeout = "30s"

@@ -54,7 +54,7 @@ pub async fn main(config: Config, dry_run: bool) -> u8 {
     let client = match Client::new(&config.consul) {
         Ok(client) => client,
         Err(message) => {
-            tracing::error!("invalid TLS configuration: {message}");
+            tracing::error!("invalid Consul client settings: {message}");
             return EXIT_CONFIG;
         }
     };

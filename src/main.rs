@@ -26,9 +26,7 @@ fn main() -> ExitCode {
             }
         }
     }
-    let config = match config::from_env(&|name| {
-        std::env::var_os(name).map(|v| v.to_string_lossy().into_owned())
-    }) {
+    let config = match config::from_os_env(&|name| std::env::var_os(name)) {
         Ok(config) => config,
         Err(errors) => {
             eprintln!(
@@ -43,6 +41,13 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&config);
+    if let Some(tls) = config.consul.tls.as_ref().filter(|t| t.ignored_roots > 0) {
+        tracing::warn!(
+            ignored = tls.ignored_roots,
+            used = tls.roots,
+            "some certificates of the CA bundle could not be parsed and are ignored"
+        );
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -692,6 +692,79 @@ fn bad_configuration_exits_2_naming_each_variable() {
 }
 
 #[test]
+fn bad_tls_material_exits_2_with_the_other_problems() {
+    let pki = TestPki::generate(temp_dir("bad-tls"));
+    let sim = tls_sim(&pki, true);
+    let garbage = temp_dir("bad-tls-files").join("garbage-ca.pem");
+    // PEM that parses, holding no certificate rustls can use.
+    std::fs::write(
+        &garbage,
+        "-----BEGIN CERTIFICATE-----\nAQIDBA==\n-----END CERTIFICATE-----\n",
+    )
+    .expect("write");
+    let env = with(
+        base_env(&sim),
+        &[
+            ("CONSUL_CACERT", garbage.to_str().expect("utf-8")),
+            (
+                "CONSUL_CLIENT_CERT",
+                pki.client_cert.to_str().expect("utf-8"),
+            ),
+            // A real key, but not the client certificate's.
+            ("CONSUL_CLIENT_KEY", pki.server_key.to_str().expect("utf-8")),
+            ("INGRESSPORT", "99999"),
+        ],
+    );
+    let mut daemon = Daemon::start(&env);
+    let status = daemon.wait_exit(EVENTUALLY);
+    let out = daemon.output();
+    assert_eq!(status.code(), Some(2), "{out}");
+    assert!(out.contains("invalid configuration (3 problems)"), "{out}");
+    for variable in ["CONSUL_CACERT:", "CONSUL_CLIENT_KEY:", "INGRESSPORT:"] {
+        assert!(out.contains(variable), "{variable} named in:\n{out}");
+    }
+    assert!(sim.requests().is_empty(), "{:?}", sim.requests());
+}
+
+#[test]
+fn a_value_that_is_not_utf8_exits_2_naming_its_variable() {
+    use std::os::unix::ffi::OsStrExt;
+    let sim = sim_http();
+    let mut child = std::process::Command::new(BIN)
+        .env_clear()
+        .envs(base_env(&sim))
+        .env(
+            "CONSUL_HTTP_TOKEN",
+            std::ffi::OsStr::from_bytes(b"s3cr3t-\xff"),
+        )
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("daemon binary starts");
+    let deadline = Instant::now() + EVENTUALLY;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("still running after {EVENTUALLY:?}: a bad value must stop it at once");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let output = child.wait_with_output().expect("output");
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("CONSUL_HTTP_TOKEN: the value is not valid UTF-8"),
+        "{err}"
+    );
+    assert!(!err.contains("s3cr3t"), "{err}");
+    assert!(sim.requests().is_empty(), "{:?}", sim.requests());
+}
+
+#[test]
 fn dry_run_prints_the_plan_and_writes_nothing() {
     let sim = sim_http();
     sim.add_service(service("shop", &[SHOP]));

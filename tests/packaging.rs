@@ -19,9 +19,20 @@ use hcl::{Block, Body, Expression, Value};
 use ingress_service_monitor::config::VARIABLES;
 use ingress_service_monitor::daemon::{DEREGISTER_TIMEOUT, EXIT_CONFIG};
 
-const NOMAD_JOB: &str = "nomad/ingress-gateway.nomad.hcl";
+/// Each Nomad job and the CONSULGATEWAY kind it runs.
+const NOMAD_JOBS: [(&str, &str); 2] = [
+    ("nomad/ingress-gateway.nomad.hcl", "ingress"),
+    ("nomad/api-gateway.nomad.hcl", "api"),
+];
 const DAEMON_UNIT: &str = "systemd/ingress-service-monitor.service";
 const GATEWAY_UNIT: &str = "systemd/ingress-gateway.service";
+const API_DAEMON_UNIT: &str = "systemd/ingress-service-monitor-api.service";
+const API_GATEWAY_UNIT: &str = "systemd/api-gateway.service";
+/// (daemon unit, the gateway unit it runs beside, the CONSULGATEWAY kind of the pair).
+const UNIT_PAIRS: [(&str, &str, &str); 2] = [
+    (DAEMON_UNIT, GATEWAY_UNIT, "ingress"),
+    (API_DAEMON_UNIT, API_GATEWAY_UNIT, "api"),
+];
 const ENV_EXAMPLE: &str = "systemd/env.example";
 const MUSL_BINARY: &str = "target/x86_64-unknown-linux-musl/release/ingress-service-monitor";
 
@@ -219,27 +230,241 @@ fn is_gateway_task(task: &Block) -> bool {
 }
 
 #[test]
-fn nomad_job_runs_the_daemon_as_a_sidecar_of_the_gateway_with_matching_ports() {
-    let job_file = hcl::parse(&read(NOMAD_JOB)).unwrap_or_else(|e| panic!("{NOMAD_JOB}: {e}"));
-    let mut problems = Vec::new();
+fn nomad_jobs_run_the_daemon_as_a_sidecar_of_the_gateway_with_matching_ports() {
+    for (file, kind) in NOMAD_JOBS {
+        let job = NomadJob::parse(file);
+        let mut problems = check_nomad_job(&job);
+        let consul_gateway = job.env_or_default("CONSULGATEWAY");
+        if consul_gateway != kind {
+            problems.push(format!(
+                "CONSULGATEWAY={consul_gateway}, but this is the {kind} gateway's job"
+            ));
+        }
+        assert_no_problems(file, &problems);
+    }
+}
 
-    let declared: BTreeSet<&str> = blocks(&job_file, "variable").map(label).collect();
-    for required in ["prefix", "gateway_name", "datacenters", "image"] {
-        if !declared.contains(required) {
-            problems.push(format!("variable \"{required}\" is not declared"));
+/// What Nomad gives a task whose identity `consul_default` it exchanged for a Consul token
+/// (Nomad's `consul` block documentation, "Access to Token"): the token in `CONSUL_TOKEN`
+/// and, since Nomad 1.8, `CONSUL_HTTP_TOKEN` (hashicorp/nomad#20519), and in
+/// `secrets/consul_token`, a root-owned 0640 file the image's non-root user cannot read.
+const NOMAD_CONSUL_TOKEN_ENV: [&str; 2] = ["CONSUL_HTTP_TOKEN", "CONSUL_TOKEN"];
+
+/// The `identity` blocks of a task as Nomad expands them: plain blocks and `dynamic
+/// "identity"` blocks (evaluated in `ctx`, i.e. with the job's variable values),
+/// as (name, aud).
+fn task_identities(task: &Block, ctx: &Context) -> Vec<(String, Vec<String>)> {
+    let strings = |value: Option<Value>| -> Vec<String> {
+        match value {
+            Some(Value::Array(items)) => items.iter().map(as_text).collect(),
+            _ => Vec::new(),
+        }
+    };
+    let read = |body: &Body, ctx: &Context| {
+        let name = attr(body, "name")
+            .map(|e| as_text(&e.evaluate(ctx).expect("identity name")))
+            .unwrap_or_else(|| "default".into());
+        let aud = strings(attr(body, "aud").map(|e| e.evaluate(ctx).expect("identity aud")));
+        (name, aud)
+    };
+    let mut found: Vec<(String, Vec<String>)> = blocks(task.body(), "identity")
+        .map(|b| read(b.body(), ctx))
+        .collect();
+    for dynamic in blocks(task.body(), "dynamic").filter(|b| label(b) == "identity") {
+        let items = match attr(dynamic.body(), "for_each").map(|e| e.evaluate(ctx)) {
+            Some(Ok(Value::Array(items))) => items,
+            other => panic!("dynamic \"identity\": for_each must be a list, found {other:?}"),
+        };
+        let content = block(dynamic.body(), "content").expect("dynamic block without content");
+        for (i, item) in items.into_iter().enumerate() {
+            let mut item_ctx = ctx.clone();
+            let iterator: hcl::Map<String, Value> = [
+                ("key".to_string(), Value::from(i as u64)),
+                ("value".to_string(), item),
+            ]
+            .into_iter()
+            .collect();
+            item_ctx.declare_var("identity", Value::Object(iterator));
+            found.push(read(content.body(), &item_ctx));
+        }
+    }
+    found
+}
+
+/// In an ACL-enabled cluster both tasks get a Consul token from their workload identity,
+/// and the daemon reads the variable Nomad puts it in. Checked against the real parser: the
+/// job's evaluated env plus what Nomad adds must give the daemon that token.
+#[test]
+fn nomad_jobs_give_both_tasks_a_consul_token_from_their_workload_identity() {
+    use ingress_service_monitor::config::{from_env, TOKEN_VARIABLES};
+    for (file, _) in NOMAD_JOBS {
+        let nomad = NomadJob::parse(file);
+        let mut problems = Vec::new();
+        let (group, daemon) = daemon_task(nomad.job());
+        let gateway = blocks(group.body(), "task")
+            .find(|t| is_gateway_task(t))
+            .expect("a gateway task");
+        for task in [daemon, gateway] {
+            let name = label(task);
+            if block(task.body(), "consul").is_none() {
+                problems.push(format!("task {name} has no consul {{}} block"));
+            }
+            let identities = task_identities(task, &nomad.ctx());
+            match identities.iter().find(|(n, _)| n == "consul_default") {
+                Some((_, aud)) if aud.iter().any(|a| a == "consul.io") => {}
+                Some((_, aud)) => problems.push(format!(
+                    "task {name}: identity consul_default has aud {aud:?}, expected consul.io (the auth method's BoundAudiences)"
+                )),
+                None => problems.push(format!(
+                    "task {name} has no identity named consul_default (found {identities:?})"
+                )),
+            }
+            // Switched off for clusters without Consul ACLs, where the login would fail.
+            let mut off = nomad.vars.clone();
+            if let Value::Object(vars) = &mut off {
+                vars.insert("consul_workload_identity".into(), Value::from(false));
+            }
+            let off_ctx = nomad_context(off, &nomad.ports);
+            if task_identities(task, &off_ctx)
+                .iter()
+                .any(|(n, _)| n == "consul_default")
+            {
+                problems.push(format!(
+                    "task {name}: consul_workload_identity=false leaves the identity in place"
+                ));
+            }
+        }
+        // A token variable in the env block would shadow (or be shadowed by) Nomad's.
+        for name in TOKEN_VARIABLES {
+            if nomad.env.contains_key(name) {
+                problems.push(format!("env sets {name}; the token comes from Nomad"));
+            }
+        }
+        for name in NOMAD_CONSUL_TOKEN_ENV {
+            if !variable_names().contains(name) {
+                problems.push(format!("Nomad sets {name}, which the daemon does not read"));
+            }
+        }
+        // Nomad 1.8+ (both variables) and 1.7 (CONSUL_TOKEN only).
+        for given in [&NOMAD_CONSUL_TOKEN_ENV[..], &["CONSUL_TOKEN"]] {
+            let mut env: BTreeMap<String, String> = nomad.env.clone();
+            env.insert(
+                "NOMAD_ALLOC_ID".into(),
+                "00000000-0000-0000-0000-000000000000".into(),
+            );
+            for name in given {
+                env.insert(name.to_string(), "token-from-nomad".into());
+            }
+            match from_env(&|name| env.get(name).cloned()) {
+                Ok(config) => {
+                    let token = config.consul.token.as_ref().map(|t| t.secret().to_string());
+                    if token.as_deref() != Some("token-from-nomad") {
+                        problems.push(format!(
+                            "with {given:?} set the daemon's token is {token:?}"
+                        ));
+                    }
+                }
+                Err(errors) => problems.push(format!("the job's env does not parse: {errors:?}")),
+            }
+        }
+        assert_no_problems(file, &problems);
+    }
+}
+
+/// One job file, parsed and evaluated as Nomad would for its daemon task.
+struct NomadJob {
+    file: &'static str,
+    body: Body,
+    vars: Value,
+    ports: Vec<Port>,
+    /// The daemon task's `env`, evaluated.
+    env: BTreeMap<String, String>,
+    /// Names in the `env` block that the daemon does not read.
+    unknown_env: Vec<String>,
+}
+
+impl NomadJob {
+    fn parse(file: &'static str) -> NomadJob {
+        let body = hcl::parse(&read(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let vars = variables_object(&body);
+        let (ports, env, unknown_env) = {
+            let job = single_job(&body, file);
+            let (group, daemon) = daemon_task(job);
+            let network = block(group.body(), "network").expect("the group declares no network");
+            let ports = group_ports(network, &nomad_context(vars.clone(), &[]));
+            let ctx = nomad_context(vars.clone(), &ports);
+            let known = variable_names();
+            let env_block = block(daemon.body(), "env").expect("the daemon task has no env block");
+            let mut env = BTreeMap::new();
+            let mut unknown = Vec::new();
+            for attribute in env_block.body().attributes() {
+                if !known.contains(attribute.key()) {
+                    unknown.push(attribute.key().to_string());
+                }
+                let value = attribute
+                    .expr()
+                    .evaluate(&ctx)
+                    .unwrap_or_else(|e| panic!("{file}: env {}: {e}", attribute.key()));
+                env.insert(attribute.key().to_string(), as_text(&value));
+            }
+            (ports, env, unknown)
+        };
+        NomadJob {
+            file,
+            body,
+            vars,
+            ports,
+            env,
+            unknown_env,
         }
     }
 
-    let jobs: Vec<&Block> = blocks(&job_file, "job").collect();
-    assert_eq!(jobs.len(), 1, "{NOMAD_JOB} must hold exactly one job");
-    let job = jobs[0];
+    fn job(&self) -> &Block {
+        single_job(&self.body, self.file)
+    }
 
+    fn ctx(&self) -> Context<'static> {
+        nomad_context(self.vars.clone(), &self.ports)
+    }
+
+    fn env_or_default(&self, name: &str) -> String {
+        self.env
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| variable_default(name).to_string())
+    }
+}
+
+fn single_job<'a>(body: &'a Body, file: &str) -> &'a Block {
+    let jobs: Vec<&Block> = blocks(body, "job").collect();
+    assert_eq!(jobs.len(), 1, "{file} must hold exactly one job");
+    jobs[0]
+}
+
+/// The group holding the daemon's task, and that task.
+fn daemon_task(job: &Block) -> (&Block, &Block) {
     let group = blocks(job.body(), "group")
         .find(|g| blocks(g.body(), "task").any(|t| label(t) == "ingress-service-monitor"))
         .expect("no group has a task \"ingress-service-monitor\"");
     let daemon = blocks(group.body(), "task")
         .find(|t| label(t) == "ingress-service-monitor")
         .expect("checked above");
+    (group, daemon)
+}
+
+fn check_nomad_job(nomad: &NomadJob) -> Vec<String> {
+    let job_file = &nomad.body;
+    let mut problems = Vec::new();
+
+    let declared: BTreeSet<&str> = blocks(job_file, "variable").map(label).collect();
+    for required in ["prefix", "gateway_name", "datacenters", "image"] {
+        if !declared.contains(required) {
+            problems.push(format!("variable \"{required}\" is not declared"));
+        }
+    }
+
+    let job = nomad.job();
+    let (group, daemon) = daemon_task(job);
     let gateway = blocks(group.body(), "task")
         .find(|t| is_gateway_task(t))
         .unwrap_or_else(|| {
@@ -250,9 +475,9 @@ fn nomad_job_runs_the_daemon_as_a_sidecar_of_the_gateway_with_matching_ports() {
         });
 
     let network = block(group.body(), "network").expect("the group declares no network");
-    let vars = variables_object(&job_file);
-    let ports = group_ports(network, &nomad_context(vars.clone(), &[]));
-    let ctx = nomad_context(vars.clone(), &ports);
+    let vars = nomad.vars.clone();
+    let ports = &nomad.ports;
+    let ctx = nomad.ctx();
     let eval = |expr: &Expression, what: &str| -> Value {
         expr.evaluate(&ctx)
             .unwrap_or_else(|e| panic!("{what}: {e}"))
@@ -297,21 +522,12 @@ fn nomad_job_runs_the_daemon_as_a_sidecar_of_the_gateway_with_matching_ports() {
     }
 
     // Environment: only names the daemon reads, evaluated as Nomad would.
-    let known = variable_names();
-    let env_block = block(daemon.body(), "env").expect("the daemon task has no env block");
-    let mut env = BTreeMap::new();
-    for attribute in env_block.body().attributes() {
-        if !known.contains(attribute.key()) {
-            problems.push(format!(
-                "env {} is not a variable the daemon reads (config::VARIABLES)",
-                attribute.key()
-            ));
-        }
-        env.insert(
-            attribute.key().to_string(),
-            as_text(&eval(attribute.expr(), attribute.key())),
-        );
+    for name in &nomad.unknown_env {
+        problems.push(format!(
+            "env {name} is not a variable the daemon reads (config::VARIABLES)"
+        ));
     }
+    let env = &nomad.env;
     for required in [
         "TAGINGRESSSERVICE",
         "SERVICENAMEINGRESSGATEWAY",
@@ -321,11 +537,7 @@ fn nomad_job_runs_the_daemon_as_a_sidecar_of_the_gateway_with_matching_ports() {
             problems.push(format!("env {required} is missing"));
         }
     }
-    let env_or_default = |name: &str| {
-        env.get(name)
-            .cloned()
-            .unwrap_or_else(|| variable_default(name).to_string())
-    };
+    let env_or_default = |name: &str| nomad.env_or_default(name);
 
     // Ports: each port variable names a declared port. The gateway's own ports must be
     // static and unmapped: the same number is Envoy's socket (from the config entry or
@@ -384,7 +596,7 @@ fn nomad_job_runs_the_daemon_as_a_sidecar_of_the_gateway_with_matching_ports() {
         }
     }
 
-    // The gateway: `consul connect envoy -gateway=ingress -register` with the daemon's names.
+    // The gateway: `consul connect envoy -gateway=<CONSULGATEWAY> -register` with the daemon's names.
     let gateway_config =
         block(gateway.body(), "config").expect("the gateway task has no config block");
     let command =
@@ -405,7 +617,12 @@ fn nomad_job_runs_the_daemon_as_a_sidecar_of_the_gateway_with_matching_ports() {
         };
     let ingress_address = env_or_default("INGRESSADDRESS");
     let expectations: [(&str, Option<String>, String); 5] = [
-        ("gateway", flag(&args, "gateway"), "ingress".into()),
+        // The gateway Envoy runs is the kind of entry the daemon writes.
+        (
+            "gateway",
+            flag(&args, "gateway"),
+            env_or_default("CONSULGATEWAY"),
+        ),
         (
             "service",
             flag(&args, "service"),
@@ -474,7 +691,7 @@ fn nomad_job_runs_the_daemon_as_a_sidecar_of_the_gateway_with_matching_ports() {
         _ => problems.push(format!("daemon kill_timeout {kill_timeout} leaves no margin over the deregistration bound {DEREGISTER_TIMEOUT:?}")),
     }
 
-    assert_no_problems(NOMAD_JOB, &problems);
+    problems
 }
 
 // ---------------------------------------------------------------------------------------
@@ -617,8 +834,19 @@ fn readme_documents_every_variable_and_the_ci_test_command() {
 
 #[test]
 fn systemd_units_agree_with_the_daemon() {
-    let daemon = read(DAEMON_UNIT);
-    let gateway = read(GATEWAY_UNIT);
+    for (daemon_unit, gateway_unit, kind) in UNIT_PAIRS {
+        let problems = check_unit_pair(daemon_unit, gateway_unit, kind);
+        assert_no_problems(&format!("{daemon_unit} + {gateway_unit}"), &problems);
+    }
+}
+
+fn check_unit_pair(daemon_unit: &str, gateway_unit: &str, kind: &str) -> Vec<String> {
+    let daemon = read(daemon_unit);
+    let gateway = read(gateway_unit);
+    let gateway_name = Path::new(gateway_unit)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("unit file name");
     let mut problems = Vec::new();
 
     let expect = |problems: &mut Vec<String>, key: &str, section: &str, expected: &str| {
@@ -634,7 +862,7 @@ fn systemd_units_agree_with_the_daemon() {
     };
     // Bound to the gateway's lifecycle.
     for key in ["BindsTo", "PartOf", "After"] {
-        expect(&mut problems, key, "Unit", "ingress-gateway.service");
+        expect(&mut problems, key, "Unit", gateway_name);
     }
     expect(&mut problems, "After", "Unit", "network-online.target");
     // A bad configuration exits with the daemon's EXIT_CONFIG and must not loop.
@@ -708,12 +936,64 @@ fn systemd_units_agree_with_the_daemon() {
             problems.push(format!("gateway ExecStart uses ${{{reference}}}, which env.example does not set as a daemon variable"));
         }
     }
-    for needed in ["-gateway=ingress", "-register", "-envoy-ready-bind-port"] {
+    if unit_value(&daemon, "Install", "WantedBy") != [gateway_name] {
+        problems.push(format!("[Install] WantedBy= should be {gateway_name}"));
+    }
+    // The gateway runs the kind of gateway whose entries the daemon writes.
+    let consul_gateway = unit_value(&daemon, "Service", "Environment")
+        .iter()
+        .find_map(|v| v.strip_prefix("CONSULGATEWAY=").map(str::to_string))
+        .unwrap_or_else(|| variable_default("CONSULGATEWAY").to_string());
+    if consul_gateway != kind {
+        problems.push(format!(
+            "the daemon runs with CONSULGATEWAY={consul_gateway}, expected {kind}"
+        ));
+    }
+    let gateway_flag = format!("-gateway={kind}");
+    for needed in [gateway_flag.as_str(), "-register", "-envoy-ready-bind-port"] {
         if !exec.split_whitespace().any(|w| w == needed) {
             problems.push(format!("gateway ExecStart lacks {needed}"));
         }
     }
-    assert_no_problems("systemd units", &problems);
+    problems
+}
+
+/// The api pair's daemon unit is the ingress one with the gateway unit's name swapped and
+/// CONSULGATEWAY=api set: hardening and lifecycle cannot drift between the two.
+#[test]
+fn the_api_daemon_unit_differs_from_the_ingress_one_only_in_its_gateway() {
+    let ingress = read(DAEMON_UNIT);
+    let api = read(API_DAEMON_UNIT);
+    let mut problems = Vec::new();
+    for section in ["Unit", "Service", "Install"] {
+        let expected: Vec<(String, String)> = unit_entries(&ingress, section)
+            .into_iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "Description" | "Documentation"))
+            .map(|(k, v)| {
+                (
+                    k,
+                    v.replace("ingress-gateway.service", "api-gateway.service"),
+                )
+            })
+            .collect();
+        let found: Vec<(String, String)> = unit_entries(&api, section)
+            .into_iter()
+            .filter(|(k, v)| {
+                let described = matches!(k.as_str(), "Description" | "Documentation");
+                let kind = k == "Environment" && v == "CONSULGATEWAY=api";
+                !described && !kind
+            })
+            .collect();
+        if expected != found {
+            problems.push(format!(
+                "[{section}] differs:\n    ingress (renamed): {expected:?}\n    api: {found:?}"
+            ));
+        }
+    }
+    if !unit_value(&api, "Service", "Environment").contains(&"CONSULGATEWAY=api".to_string()) {
+        problems.push("[Service] Environment=CONSULGATEWAY=api is missing".into());
+    }
+    assert_no_problems(API_DAEMON_UNIT, &problems);
 }
 
 /// A scratch directory removed on drop.
@@ -816,7 +1096,7 @@ fn systemd_root() -> TempDir {
         .find(|p| p.join("sysinit.target").exists())
         .expect("no system unit directory with sysinit.target on this machine");
     copy_tree(system_units, &root.0.join("usr/lib/systemd/system"));
-    for unit in [DAEMON_UNIT, GATEWAY_UNIT] {
+    for unit in [DAEMON_UNIT, GATEWAY_UNIT, API_DAEMON_UNIT, API_GATEWAY_UNIT] {
         let text = read(unit);
         let name = Path::new(unit).file_name().expect("unit file name");
         copy_tree(
@@ -860,7 +1140,9 @@ fn systemd_analyze_verify_prints_nothing() {
         .arg("verify")
         .arg(format!("--root={}", root.0.display()))
         .arg(installed_unit(&root, GATEWAY_UNIT))
-        .arg(installed_unit(&root, DAEMON_UNIT)));
+        .arg(installed_unit(&root, DAEMON_UNIT))
+        .arg(installed_unit(&root, API_GATEWAY_UNIT))
+        .arg(installed_unit(&root, API_DAEMON_UNIT)));
     let printed = text(&output);
     assert!(
         output.status.success() && printed.trim().is_empty(),
@@ -873,38 +1155,40 @@ fn systemd_analyze_verify_prints_nothing() {
 #[ignore = "needs systemd-analyze: run .ci/run"]
 fn systemd_analyze_security_exposure_is_within_threshold() {
     let root = systemd_root();
-    let output = run(Command::new(tool("SYSTEMD_ANALYZE_BIN", "systemd-analyze"))
-        .arg("security")
-        .arg("--offline=yes")
-        .arg(format!("--root={}", root.0.display()))
-        // systemd's own check, in tenths.
-        .arg(format!(
-            "--threshold={}",
-            (MAX_EXPOSURE * 10.0).round() as u32
-        ))
-        .arg("--no-pager")
-        .arg(installed_unit(&root, DAEMON_UNIT)));
-    let printed = text(&output);
-    let exposure: f64 = printed
-        .lines()
-        .find_map(|l| {
-            l.split_once("Overall exposure level for ")
-                .map(|(_, rest)| rest)
-        })
-        .and_then(|rest| rest.split_once(": ").map(|(_, level)| level))
-        .and_then(|level| level.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no overall exposure level in:\n{printed}"));
-    eprintln!("{DAEMON_UNIT}: exposure {exposure} (threshold {MAX_EXPOSURE})");
-    assert!(
-        exposure <= MAX_EXPOSURE,
-        "exposure {exposure} above {MAX_EXPOSURE}:\n{printed}"
-    );
-    assert!(
-        output.status.success(),
-        "systemd-analyze security failed ({}):\n{printed}",
-        output.status
-    );
+    for unit in [DAEMON_UNIT, API_DAEMON_UNIT] {
+        let output = run(Command::new(tool("SYSTEMD_ANALYZE_BIN", "systemd-analyze"))
+            .arg("security")
+            .arg("--offline=yes")
+            .arg(format!("--root={}", root.0.display()))
+            // systemd's own check, in tenths.
+            .arg(format!(
+                "--threshold={}",
+                (MAX_EXPOSURE * 10.0).round() as u32
+            ))
+            .arg("--no-pager")
+            .arg(installed_unit(&root, unit)));
+        let printed = text(&output);
+        let exposure: f64 = printed
+            .lines()
+            .find_map(|l| {
+                l.split_once("Overall exposure level for ")
+                    .map(|(_, rest)| rest)
+            })
+            .and_then(|rest| rest.split_once(": ").map(|(_, level)| level))
+            .and_then(|level| level.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{unit}: no overall exposure level in:\n{printed}"));
+        eprintln!("{unit}: exposure {exposure} (threshold {MAX_EXPOSURE})");
+        assert!(
+            exposure <= MAX_EXPOSURE,
+            "{unit}: exposure {exposure} above {MAX_EXPOSURE}:\n{printed}"
+        );
+        assert!(
+            output.status.success(),
+            "{unit}: systemd-analyze security failed ({}):\n{printed}",
+            output.status
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------

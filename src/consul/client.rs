@@ -18,17 +18,14 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{HeaderName, HeaderValue};
 use hyper_util::rt::TokioIo;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::{DigitallySignedStruct, SignatureScheme};
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::task::JoinHandle;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use crate::config::{AgentAddress, ConsulConfig, TlsConfig};
+use crate::config::{host_for_url, AgentAddress, ConsulConfig, TlsConfig};
 use crate::consul::api::format_duration;
 
 /// Largest response body accepted; a larger one is an error (logged with the endpoint),
@@ -91,15 +88,16 @@ impl Target {
     /// Where we connect, for error messages.
     fn describe(&self) -> String {
         match self {
-            Target::Tcp { host, port, .. } => format!("{}:{port}", bracket_ipv6(host)),
+            Target::Tcp { host, port, .. } => format!("{}:{port}", host_for_url(host)),
             Target::Unix { path } => format!("unix:{}", path.display()),
         }
     }
 }
 
 impl Client {
-    /// Builds the client (TLS configuration included). Fails only on TLS material that
-    /// rustls refuses (message names the variable).
+    /// Builds the client from the parsed configuration, whose TLS settings are already
+    /// built (so TLS cannot fail here). Fails only on a hand-made `ConsulConfig` that the
+    /// parser would have refused (message names the variable).
     pub fn new(config: &ConsulConfig) -> Result<Client, String> {
         let (target, path_prefix, host) = match &config.address {
             AgentAddress::Tcp {
@@ -110,13 +108,13 @@ impl Client {
             } => {
                 let host = unbracket(host).to_string();
                 let tls = match (https, &config.tls) {
-                    (true, Some(tls)) => Some(build_tls(tls)?),
+                    (true, Some(tls)) => Some(Tls::from(tls)),
                     (true, None) => {
                         return Err("CONSULHTTPURL: https address but no TLS settings".into())
                     }
                     (false, _) => None,
                 };
-                let host_header = format!("{}:{port}", bracket_ipv6(&host));
+                let host_header = format!("{}:{port}", host_for_url(&host));
                 (
                     Target::Tcp {
                         host,
@@ -264,99 +262,12 @@ impl Client {
     }
 }
 
-fn build_tls(tls: &TlsConfig) -> Result<Tls, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup failed: {e}"))?;
-    let builder = if tls.verify {
-        let mut roots = rustls::RootCertStore::empty();
-        let (_added, ignored) = roots.add_parsable_certificates(tls.roots.iter().cloned());
-        if roots.is_empty() {
-            return Err("CONSUL_CACERT: no usable CA certificate (CONSUL_CACERT / CONSUL_CAPATH / system bundle)".into());
+impl From<&TlsConfig> for Tls {
+    fn from(tls: &TlsConfig) -> Tls {
+        Tls {
+            connector: TlsConnector::from(tls.client_config.clone()),
+            server_name: tls.server_name.clone(),
         }
-        if ignored > 0 {
-            tracing::warn!(
-                ignored,
-                "some CA certificates could not be parsed and are ignored"
-            );
-        }
-        builder.with_root_certificates(roots)
-    } else {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate { provider }))
-    };
-    let mut config = match &tls.client_auth {
-        Some(auth) => builder
-            .with_client_auth_cert(auth.cert_chain.clone(), auth.key.clone_key())
-            .map_err(|e| format!("CONSUL_CLIENT_CERT / CONSUL_CLIENT_KEY: {e}"))?,
-        None => builder.with_no_client_auth(),
-    };
-    // We only speak HTTP/1.1; saying so stops a server that prefers h2 from choosing it.
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let name = unbracket(tls.server_name.trim()).to_string();
-    let server_name = ServerName::try_from(name.clone()).map_err(|_| {
-        format!("CONSUL_TLS_SERVER_NAME: {name:?} is not a valid DNS name or IP address")
-    })?;
-    Ok(Tls {
-        connector: TlsConnector::from(Arc::new(config)),
-        server_name,
-    })
-}
-
-/// CONSUL_HTTP_SSL_VERIFY=false: any certificate is accepted, but the handshake
-/// signatures are still checked, so the session is at least bound to the key the server
-/// presented (and a broken server is still noticed).
-#[derive(Debug)]
-struct AcceptAnyCertificate {
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for AcceptAnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
     }
 }
 
@@ -716,14 +627,6 @@ fn unbracket(host: &str) -> &str {
     host.strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
         .unwrap_or(host)
-}
-
-fn bracket_ipv6(host: &str) -> String {
-    if host.contains(':') {
-        format!("[{host}]")
-    } else {
-        host.to_string()
-    }
 }
 
 /// Query-string encoding: everything but RFC 3986 unreserved characters is escaped.
@@ -1645,62 +1548,30 @@ mod tests {
         });
     }
 
-    fn tls_config(
-        addr: std::net::SocketAddr,
-        roots: Vec<CertificateDer<'static>>,
-        verify: bool,
-        name: &str,
-    ) -> ConsulConfig {
+    /// An https config with TLS built as the parser builds it (no roots: verification off).
+    fn tls_config(addr: std::net::SocketAddr, name: &str) -> ConsulConfig {
         let mut config = tcp_config(addr);
         if let AgentAddress::Tcp { https, .. } = &mut config.address {
             *https = true;
         }
-        config.tls = Some(TlsConfig {
-            roots,
-            client_auth: None,
-            server_name: name.into(),
-            verify,
-        });
+        let name = ServerName::try_from(name.to_owned()).expect("server name");
+        let tls = TlsConfig::build(rustls::RootCertStore::empty(), None, name, false);
+        config.tls = Some(tls.expect("TLS without verification"));
         config
     }
 
     #[test]
-    fn tls_settings_errors_name_the_variable() {
+    fn https_needs_tls_settings_and_takes_them_built() {
         let addr: std::net::SocketAddr = "127.0.0.1:8501".parse().expect("addr");
-        let cases = [
-            (
-                "no roots",
-                tls_config(addr, vec![], true, "localhost"),
-                "CONSUL_CACERT",
-            ),
-            (
-                "unparsable root",
-                tls_config(
-                    addr,
-                    vec![CertificateDer::from(vec![1u8, 2, 3])],
-                    true,
-                    "localhost",
-                ),
-                "CONSUL_CACERT",
-            ),
-            (
-                "bad server name",
-                tls_config(addr, vec![], false, "not a name!"),
-                "CONSUL_TLS_SERVER_NAME",
-            ),
-        ];
-        for (name, config, variable) in cases {
-            let err = Client::new(&config)
-                .err()
-                .unwrap_or_else(|| panic!("{name}: accepted"));
-            assert!(err.starts_with(variable), "{name}: {err}");
-        }
-        let mut no_tls = tls_config(addr, vec![], false, "localhost");
+        let mut no_tls = tls_config(addr, "localhost");
         no_tls.tls = None;
-        assert!(Client::new(&no_tls).is_err());
-        // Verification off needs no roots; an IP is a valid server name.
-        assert!(Client::new(&tls_config(addr, vec![], false, "127.0.0.1")).is_ok());
-        assert!(Client::new(&tls_config(addr, vec![], false, "[::1]")).is_ok());
+        let err = Client::new(&no_tls)
+            .err()
+            .expect("https without TLS settings");
+        assert!(err.starts_with("CONSULHTTPURL"), "{err}");
+        // An IP is a valid server name too.
+        assert!(Client::new(&tls_config(addr, "127.0.0.1")).is_ok());
+        assert!(Client::new(&tls_config(addr, "::1")).is_ok());
     }
 
     #[test]
@@ -1708,8 +1579,7 @@ mod tests {
         rt().block_on(async {
             let mut server = TestServer::start(vec![reply(200, Some(1), "plaintext!")]).await;
             // Even with verification off, the handshake itself must succeed.
-            let client =
-                Client::new(&tls_config(server.addr, vec![], false, "localhost")).expect("client");
+            let client = Client::new(&tls_config(server.addr, "localhost")).expect("client");
             let err = client
                 .connection("test")
                 .get("/v1/catalog/services", REQUEST_TIMEOUT)
