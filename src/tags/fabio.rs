@@ -1,0 +1,81 @@
+//! Fabio `urlprefix-` tags: `urlprefix-[host[:port]]/path [key=value ...]`.
+
+/// An HTTP route of a Fabio `urlprefix-` tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FabioRoute {
+    /// The host before the path, lower-cased, port dropped; `None` for `urlprefix-/path`
+    /// (every host). `Some("")` for `urlprefix-:port/path` (a port and no host).
+    pub host: Option<String>,
+    /// The port written after the host, if any (Fabio matches it; routes cannot).
+    pub port: Option<String>,
+    /// The path prefix, starting with `/` (Fabio's default `prefix` matcher).
+    pub path: String,
+    /// `strip=/p`: Fabio removes `/p` from the request path before forwarding.
+    pub strip: Option<String>,
+    /// `proto=...` (never `tcp...`: those are not HTTP routes).
+    pub proto: Option<String>,
+    /// Every other `key=value` option (or bare word), in order.
+    pub options: Vec<(String, String)>,
+}
+
+/// The HTTP route of a Fabio `urlprefix-` tag, if it is one.
+///
+/// Fabio needs a `/` after the host of an HTTP route (it ignores `urlprefix-host`), and
+/// `proto=tcp...` routes are TCP/SNI routes that an HTTP listener cannot serve: both give
+/// `None`, as does a tag that is not `urlprefix-`.
+pub fn fabio_route(tag: &str) -> Option<FabioRoute> {
+    let spec = tag.strip_prefix("urlprefix-")?.trim_start();
+    let mut fields = spec.split_whitespace();
+    let route = fields.next()?;
+    let mut parsed = FabioRoute {
+        host: None,
+        port: None,
+        path: String::new(),
+        strip: None,
+        proto: None,
+        options: Vec::new(),
+    };
+    for field in fields {
+        let (key, value) = field.split_once('=').unwrap_or((field, ""));
+        match key {
+            "proto" if value.starts_with("tcp") => return None,
+            "proto" => parsed.proto = Some(value.to_owned()),
+            "strip" => parsed.strip = Some(value.to_owned()),
+            _ => parsed.options.push((key.to_owned(), value.to_owned())),
+        }
+    }
+    let (host_port, path) = route.split_once('/')?;
+    parsed.path = format!("/{path}");
+    if !host_port.is_empty() {
+        let (host, port) = match host_port.split_once(':') {
+            Some((host, port)) => (host, Some(port.to_owned())),
+            None => (host_port, None),
+        };
+        parsed.host = Some(host.to_lowercase());
+        parsed.port = port;
+    }
+    Some(parsed)
+}
+
+/// Host of a Fabio `urlprefix-` tag, if it names one.
+///
+/// Fabio needs a `/` after the host of an HTTP route (it ignores `urlprefix-host`), and
+/// `proto=tcp...` routes are TCP/SNI routes that an HTTP listener cannot serve.
+pub fn fabio_host(tag: &str) -> Option<String> {
+    fabio_route(tag)?.host.filter(|host| !host.is_empty())
+}
+
+/// The tag without its `strip=` option: what the outer Fabio must see when the gateway
+/// does the stripping itself (api mode), or the prefix would be stripped twice.
+pub fn fabio_tag_without_strip(tag: &str) -> String {
+    match tag.strip_prefix("urlprefix-") {
+        Some(spec) if fabio_route(tag).is_some_and(|r| r.strip.is_some()) => {
+            let kept: Vec<&str> = spec
+                .split_whitespace()
+                .filter(|field| !field.starts_with("strip="))
+                .collect();
+            format!("urlprefix-{}", kept.join(" "))
+        }
+        _ => tag.to_owned(),
+    }
+}
