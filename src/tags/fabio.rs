@@ -79,3 +79,94 @@ pub fn fabio_tag_without_strip(tag: &str) -> String {
         _ => tag.to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fabio_route_table() {
+        // (tag, host, port, path, strip, proto, other options)
+        type Want<'a> = Option<(Option<&'a str>, Option<&'a str>, &'a str, Option<&'a str>)>;
+        let cases: &[(&str, Want)] = &[
+            ("urlprefix-a.com/", Some((Some("a.com"), None, "/", None))),
+            (
+                "urlprefix-A.Com/Api",
+                Some((Some("a.com"), None, "/Api", None)),
+            ),
+            (
+                "urlprefix-a.com:8080/x",
+                Some((Some("a.com"), Some("8080"), "/x", None)),
+            ),
+            ("urlprefix-/p", Some((None, None, "/p", None))),
+            ("urlprefix-/", Some((None, None, "/", None))),
+            ("urlprefix-:80/", Some((Some(""), Some("80"), "/", None))),
+            (
+                "urlprefix-a.com/x strip=/x",
+                Some((Some("a.com"), None, "/x", Some("/x"))),
+            ),
+            (
+                "urlprefix-  a.com/x   strip=/x ",
+                Some((Some("a.com"), None, "/x", Some("/x"))),
+            ),
+            (
+                "urlprefix-a.com/x/y/",
+                Some((Some("a.com"), None, "/x/y/", None)),
+            ),
+            ("urlprefix-a.com", None),
+            ("urlprefix-:3306 proto=tcp", None),
+            ("urlprefix-a.com:443 proto=tcp+sni", None),
+            ("urlprefix-a.com/ proto=tcp", None),
+            ("urlprefix-", None),
+            ("prefix-a.com/", None),
+            ("traefik.http.routers.a.rule=Host(`a`)", None),
+        ];
+        for &(tag, want) in cases {
+            let got = fabio_route(tag);
+            let got = got.as_ref().map(|r| {
+                (
+                    r.host.as_deref(),
+                    r.port.as_deref(),
+                    r.path.as_str(),
+                    r.strip.as_deref(),
+                )
+            });
+            assert_eq!(got, want, "tag {tag:?}");
+        }
+        let route = fabio_route("urlprefix-a.com/ proto=https tlsskipverify=true weight=0.5 x")
+            .expect("route");
+        assert_eq!(route.proto.as_deref(), Some("https"));
+        let options: Vec<(&str, &str)> = route
+            .options
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            options,
+            [("tlsskipverify", "true"), ("weight", "0.5"), ("x", "")]
+        );
+    }
+
+    #[test]
+    fn strip_leaves_the_tag_only_when_there_is_one() {
+        let cases: &[(&str, &str)] = &[
+            ("urlprefix-a.com/x strip=/x", "urlprefix-a.com/x"),
+            (
+                "urlprefix-a.com/x strip=/x proto=https",
+                "urlprefix-a.com/x proto=https",
+            ),
+            (
+                "urlprefix-a.com/x  proto=https",
+                "urlprefix-a.com/x  proto=https",
+            ),
+            (
+                "urlprefix-:3306 proto=tcp strip=/x",
+                "urlprefix-:3306 proto=tcp strip=/x",
+            ),
+            ("traefik.enable=true", "traefik.enable=true"),
+        ];
+        for &(tag, want) in cases {
+            assert_eq!(fabio_tag_without_strip(tag), want, "tag {tag:?}");
+        }
+    }
+}
