@@ -7,6 +7,7 @@
 //!   one keep-alive connection per user, the wire types, and the blocking-query watch.
 //! - [`tags`] and [`plan`] are the pure core: catalog + protocols + current entry in,
 //!   desired registration + desired config entry + warnings out. No I/O, no async.
+//!   [`routes`] (pure too) says what a tag becomes on an API gateway's http-route.
 //! - [`daemon`] runs the watches, debounces, plans, applies only differences (CAS),
 //!   publishes health, and deregisters on shutdown.
 //! - [`health`] serves `/health`; [`shutdown`] turns signals into one future.
@@ -17,5 +18,6 @@ pub mod consul;
 pub mod daemon;
 pub mod health;
 pub mod plan;
+pub mod routes;
 pub mod shutdown;
 pub mod tags;
