@@ -1044,4 +1044,99 @@ mod tests {
             })
         );
     }
+
+    fn value() -> impl proptest::strategy::Strategy<Value = String> {
+        proptest::sample::select(vec![
+            "a.com", "B.com", "*.a.com", "a_b", "", "/x", "/x/", "x", "/a?b", "/{id}", "GET",
+            "get", "BREW", "k", "v=1", "a b", "/%41", "\u{e9}", "q=",
+        ])
+        .prop_map(str::to_owned)
+    }
+
+    fn any_rule() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let leaf = (
+            proptest::sample::select(vec![
+                "Host",
+                "Path",
+                "PathPrefix",
+                "Method",
+                "Header",
+                "Query",
+                "HostRegexp",
+                "ClientIP",
+            ]),
+            proptest::collection::vec(value(), 1..3),
+        )
+            .prop_map(|(name, args)| {
+                let args: Vec<String> = args.iter().map(|a| format!("`{a}`")).collect();
+                format!("{name}({})", args.join(", "))
+            });
+        leaf.prop_recursive(4, 24, 3, |inner| {
+            prop_oneof![
+                (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("{a} && {b}")),
+                (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a}) || {b}")),
+                inner.prop_map(|a| format!("!({a})")),
+            ]
+        })
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+        /// Whatever the tag, what comes out passes Consul's http-route validation, is
+        /// canonical, and is every host only where an alternative names no host.
+        #[test]
+        fn routes_are_valid_canonical_and_never_wider(
+            rule_text in any_rule(),
+            fabio in (proptest::option::of(value()), value(), proptest::option::of(value())),
+        ) {
+            let (host, path, strip) = fabio;
+            let fabio_tag = format!(
+                "urlprefix-{}{}{}",
+                host.unwrap_or_default(),
+                path,
+                strip.map(|s| format!(" strip={s}")).unwrap_or_default()
+            );
+            for (gateway, tag) in [(T, rule(&rule_text)), (F, fabio_tag)] {
+                let got = tag_routes(gateway, "web", &tag);
+                prop_assert!(got.groups.windows(2).all(|w| w[0] < w[1]), "{:?}", got.groups);
+                for g in &got.groups {
+                    prop_assert!(!g.matches.is_empty());
+                    prop_assert!(g.matches.windows(2).all(|w| w[0] < w[1]), "{:?}", g);
+                    for h in &g.hostnames {
+                        prop_assert!(tags::check_route_hostname(h).is_ok(), "host {}", h);
+                        prop_assert_eq!(h.to_lowercase(), h.clone());
+                    }
+                    if let Some(r) = &g.rewrite {
+                        prop_assert!(r.starts_with('/'), "rewrite {}", r);
+                    }
+                    for m in &g.matches {
+                        prop_assert!(check_path(&m.path.value).is_ok(), "{:?}", m);
+                        if let Some(method) = &m.method {
+                            prop_assert!(METHODS.contains(&method.as_str()), "{}", method);
+                        }
+                        prop_assert!(m.headers.windows(2).all(|w| w[0] < w[1]));
+                        prop_assert!(m.query.windows(2).all(|w| w[0] < w[1]));
+                        prop_assert!(m.headers.iter().all(|h| !h.name.is_empty()));
+                        prop_assert!(m.query.iter().all(|q| !q.name.is_empty()));
+                    }
+                }
+                if gateway == T && got.groups.iter().any(|g| g.hostnames.is_empty()) {
+                    let Ok(Rule::Branches(branches)) = traefik::parse_rule(&rule_text) else {
+                        panic!("groups from a rule that did not parse: {rule_text}")
+                    };
+                    prop_assert!(
+                        branches.iter().any(|b| b.hosts.is_empty()),
+                        "every-host group from {}",
+                        rule_text
+                    );
+                }
+                if gateway == F && got.groups.iter().any(|g| g.hostnames.is_empty()) {
+                    prop_assert!(tag.starts_with("urlprefix-/"), "every-host group from {}", tag);
+                }
+            }
+        }
+    }
 }

@@ -169,4 +169,36 @@ mod tests {
             assert_eq!(fabio_tag_without_strip(tag), want, "tag {tag:?}");
         }
     }
+
+    /// The host-only reading `fabio_host` had before [`fabio_route`], as the oracle.
+    fn host_only(tag: &str) -> Option<String> {
+        let spec = tag.strip_prefix("urlprefix-")?.trim_start();
+        let mut fields = spec.split_whitespace();
+        let route = fields.next()?;
+        if fields.any(|opt| {
+            opt.split_once('=')
+                .is_some_and(|(k, v)| k == "proto" && v.starts_with("tcp"))
+        }) {
+            return None;
+        }
+        let (host_port, _path) = route.split_once('/')?;
+        let host = host_port.split(':').next().unwrap_or_default();
+        (!host.is_empty()).then(|| host.to_lowercase())
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        /// The ingress backend's Fabio hosts are unchanged.
+        #[test]
+        fn fabio_host_is_unchanged(parts in prop::collection::vec(prop::sample::select(vec![
+            "urlprefix-", "a.com", "A.b", ":", "8080", "/", "/x", " ", "  ", "proto=tcp",
+            "proto=https", "proto", "=", "strip=/x", "tcp", "\t", "*.",
+        ]), 0..10)) {
+            for tag in [parts.concat(), format!("urlprefix-{}", parts.concat())] {
+                prop_assert_eq!(fabio_host(&tag), host_only(&tag), "tag {:?}", tag);
+            }
+        }
+    }
 }
