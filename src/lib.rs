@@ -5,9 +5,10 @@
 //! - [`config`] turns the environment into a typed, validated [`config::Config`] once.
 //! - [`consul`] is the edge: an HTTP/1.1 client over TCP, TLS or a Unix socket with
 //!   one keep-alive connection per user, the wire types, and the blocking-query watch.
-//! - [`model`], [`tags`] and [`plan`] are the pure core: catalog + protocols + the
-//!   entries Consul holds in, desired registration + desired entries + warnings out. No
-//!   I/O, no async.
+//! - [`model`], [`tags`], [`routes`] and [`plan`] are the pure core: catalog +
+//!   protocols + the entries Consul holds in, desired registration + desired entries +
+//!   warnings out. No I/O, no async. [`routes`] says what a tag becomes on an API
+//!   gateway's http-route.
 //! - [`reconcile`] turns the watches into passes: snapshot, plan, a pure diff into
 //!   operations, apply them with CAS, report to /health.
 //! - [`daemon`] wires the watches, the reconciler and /health together, and shuts down
@@ -23,5 +24,6 @@ pub mod health;
 pub mod model;
 pub mod plan;
 pub mod reconcile;
+pub mod routes;
 pub mod shutdown;
 pub mod tags;
