@@ -1,7 +1,10 @@
-//! `/health` server: reads the daemon's state through a `tokio::sync::watch` receiver.
+//! `/health` and `/metrics` server: reads the daemon's state through a `tokio::sync::watch`
+//! receiver, and its counters from a [`Metrics`] handle.
 //!
 //! `GET /health` -> 200 `{"status":"ok","last_sync":"<RFC 3339>","services_exposed":N,"warnings":M}`
 //! when the last reconcile succeeded, else 503 `{"status":"failing","reason":"...",...}`.
+//! `GET /metrics` -> 200, the Prometheus text format 0.0.4 ([`crate::metrics::render`]):
+//! the state gauges come from the same [`HealthState`], so both always agree.
 //! Other paths 404, other methods 405 (with `Allow: GET, HEAD`). Request bodies are never
 //! read; headers must arrive within a timeout; concurrent connections are capped.
 //!
@@ -28,6 +31,8 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinSet};
+
+use crate::metrics::{self, Metrics, Process};
 
 /// Connections open at most; a newcomer beyond it closes the least recently used one.
 pub const MAX_CONNECTIONS: usize = 32;
@@ -58,15 +63,29 @@ impl HealthState {
     }
 }
 
-/// Serves until `shutdown` completes. Accept errors are logged and the loop goes on.
+/// Serves until `shutdown` completes, with a registry of its own: `/metrics` then has the
+/// state gauges and process figures, and every counter at 0. The daemon calls
+/// [`serve_with_metrics`] with the registry its reconciler and client count into.
 pub async fn serve(
     listener: TcpListener,
     state: watch::Receiver<HealthState>,
     shutdown: impl Future<Output = ()>,
 ) {
+    serve_with_metrics(listener, state, Metrics::new(), shutdown).await
+}
+
+/// Serves `/health` and `/metrics` (counters from `metrics`) until `shutdown` completes.
+/// Accept errors are logged and the loop goes on.
+pub async fn serve_with_metrics(
+    listener: TcpListener,
+    state: watch::Receiver<HealthState>,
+    metrics: Metrics,
+    shutdown: impl Future<Output = ()>,
+) {
     serve_with(
         listener,
         state,
+        metrics,
         shutdown,
         Limits {
             max_connections: MAX_CONNECTIONS,
@@ -85,6 +104,7 @@ struct Limits {
 async fn serve_with(
     listener: TcpListener,
     state: watch::Receiver<HealthState>,
+    metrics: Metrics,
     shutdown: impl Future<Output = ()>,
     limits: Limits,
 ) {
@@ -117,12 +137,13 @@ async fn serve_with(
         let id = next_id;
         next_id = next_id.wrapping_add(1);
         let state = state.clone();
+        let metrics = metrics.clone();
         let touched = slots.clone();
         let connection = builder.serve_connection(
             TokioIo::new(stream),
             hyper::service::service_fn(move |request: Request<Incoming>| {
                 lock(&touched).used(id);
-                let response = respond(&request, &state.borrow());
+                let response = respond(&request, &state, &metrics);
                 async move { Ok::<_, Infallible>(response) }
             }),
         );
@@ -265,13 +286,31 @@ struct ErrorBody {
     error: &'static str,
 }
 
-fn respond(request: &Request<Incoming>, state: &HealthState) -> Response<Full<Bytes>> {
-    let (status, body) = if request.uri().path() != "/health" {
+fn respond(
+    request: &Request<Incoming>,
+    state: &watch::Receiver<HealthState>,
+    metrics: &Metrics,
+) -> Response<Full<Bytes>> {
+    let path = request.uri().path();
+    let readable = request.method() == Method::GET || request.method() == Method::HEAD;
+    if path == "/metrics" && readable {
+        // /proc is read before the state is borrowed, so the watch is held only to copy it.
+        let process = Process::read();
+        let health = state.borrow().clone();
+        let text = metrics::render(&metrics.snapshot(), &health, &process);
+        return finish(
+            request,
+            StatusCode::OK,
+            metrics::CONTENT_TYPE,
+            Bytes::from(text),
+        );
+    }
+    let (status, body) = if path != "/health" && path != "/metrics" {
         (
             StatusCode::NOT_FOUND,
             json(&ErrorBody { error: "not found" }),
         )
-    } else if request.method() != Method::GET && request.method() != Method::HEAD {
+    } else if !readable {
         (
             StatusCode::METHOD_NOT_ALLOWED,
             json(&ErrorBody {
@@ -279,6 +318,7 @@ fn respond(request: &Request<Incoming>, state: &HealthState) -> Response<Full<By
             }),
         )
     } else {
+        let state = state.borrow();
         let last_sync = state.last_sync.map(rfc3339);
         match &state.problem {
             None => (
@@ -302,11 +342,20 @@ fn respond(request: &Request<Incoming>, state: &HealthState) -> Response<Full<By
             ),
         }
     };
+    finish(request, status, "application/json", body)
+}
+
+fn finish(
+    request: &Request<Incoming>,
+    status: StatusCode,
+    content_type: &'static str,
+    body: Bytes,
+) -> Response<Full<Bytes>> {
     // hyper sends the headers of a HEAD answer (Content-Length included) but no body.
     let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if status == StatusCode::METHOD_NOT_ALLOWED {
         headers.insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
@@ -388,6 +437,7 @@ mod tests {
     struct Server {
         addr: SocketAddr,
         state: watch::Sender<HealthState>,
+        metrics: Metrics,
         stop: Option<oneshot::Sender<()>>,
         task: tokio::task::JoinHandle<()>,
     }
@@ -397,9 +447,11 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         let (state, rx) = watch::channel(initial);
         let (stop, stopped) = oneshot::channel::<()>();
+        let metrics = Metrics::new();
         let task = tokio::spawn(serve_with(
             listener,
             rx,
+            metrics.clone(),
             async move {
                 let _ = stopped.await;
             },
@@ -408,6 +460,7 @@ mod tests {
         Server {
             addr,
             state,
+            metrics,
             stop: Some(stop),
             task,
         }
@@ -533,6 +586,64 @@ mod tests {
                     "{\"error\":\"method not allowed\"}\n",
                 ),
                 ("HEAD /health", 200, None, ""),
+            ];
+            for (line, status, allow, body) in cases {
+                let a = exchange(
+                    server.addr,
+                    &format!("{line} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+                )
+                .await;
+                assert_eq!(a.status, status, "{line}");
+                assert_eq!(a.header("allow"), allow, "{line}");
+                assert_eq!(a.body, body, "{line}");
+            }
+        });
+    }
+
+    #[test]
+    fn metrics_in_the_text_format_from_the_state_and_the_registry() {
+        rt().block_on(async {
+            let server = start(HealthState::starting(), DEFAULT_LIMITS).await;
+            let a = exchange(server.addr, &get("/metrics")).await;
+            assert_eq!(a.status, 200);
+            assert_eq!(
+                a.header("content-type"),
+                Some("text/plain; version=0.0.4; charset=utf-8")
+            );
+            assert_eq!(a.header("cache-control"), Some("no-store"));
+            assert!(a.body.contains("\nism_up 0\n"), "{}", a.body);
+            assert!(a.body.contains("\nism_reconciles_total{result=\"ok\"} 0\n"));
+            assert!(a.body.contains("\nprocess_open_fds "), "{}", a.body);
+
+            server.state.send_replace(HealthState {
+                problem: None,
+                last_sync: Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
+                services_exposed: 4,
+                warnings: 1,
+            });
+            server.metrics.reconciled(true);
+            server.metrics.watch_error("catalog");
+            let a = exchange(server.addr, &get("/metrics")).await;
+            for line in [
+                "\nism_up 1\n",
+                "\nism_exposed_services 4\n",
+                "\nism_warnings 1\n",
+                "\nism_last_sync_timestamp_seconds 1700000000\n",
+                "\nism_reconciles_total{result=\"ok\"} 1\n",
+                "\nism_watch_errors_total{watch=\"catalog\"} 1\n",
+            ] {
+                assert!(a.body.contains(line), "{line:?} missing:\n{}", a.body);
+            }
+
+            let cases = [
+                ("HEAD /metrics", 200, None, ""),
+                (
+                    "POST /metrics",
+                    405,
+                    Some("GET, HEAD"),
+                    "{\"error\":\"method not allowed\"}\n",
+                ),
+                ("GET /metrics/x", 404, None, "{\"error\":\"not found\"}\n"),
             ];
             for (line, status, allow, body) in cases {
                 let a = exchange(

@@ -9,13 +9,16 @@
 //!   desired registration + desired config entry + warnings out. No I/O, no async.
 //! - [`daemon`] runs the watches, debounces, plans, applies only differences (CAS),
 //!   publishes health, and deregisters on shutdown.
-//! - [`health`] serves `/health`; [`shutdown`] turns signals into one future.
+//! - [`health`] serves `/health` and `/metrics`; [`metrics`] is the registry the daemon
+//!   counts into and the Prometheus text renderer; [`shutdown`] turns signals into one
+//!   future.
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod consul;
 pub mod daemon;
 pub mod health;
+pub mod metrics;
 pub mod plan;
 pub mod shutdown;
 pub mod tags;
