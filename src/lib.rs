@@ -14,13 +14,16 @@
 //! - [`daemon`] wires the watches, the reconciler and /health together, and shuts down
 //!   in one place (the write in flight finishes, then the ingress service is
 //!   deregistered).
-//! - [`health`] serves `/health`; [`shutdown`] turns signals into one future.
+//! - [`health`] serves `/health` and `/metrics`; [`metrics`] is the registry the daemon
+//!   counts into and the Prometheus text renderer; [`shutdown`] turns signals into one
+//!   future.
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod consul;
 pub mod daemon;
 pub mod health;
+pub mod metrics;
 pub mod model;
 pub mod plan;
 pub mod reconcile;
