@@ -28,6 +28,9 @@ pub const MAX_META: usize = 64;
 /// (a flap that would briefly undo a route for everyone).
 pub const CATALOG_INDEX_META: &str = "ingress-service-monitor-catalog-index";
 
+/// Meta key naming the gateway a whole-owned entry (a route) belongs to.
+pub const GATEWAY_META: &str = "ingress-service-monitor-gateway";
+
 /// Keys Consul writes itself: never part of a desired entry, ignored when comparing.
 pub const CONSUL_OWNED_KEYS: [&str; 4] = ["CreateIndex", "ModifyIndex", "Hash", "Status"];
 
@@ -106,6 +109,7 @@ impl fmt::Display for Warning {
 pub enum Kind {
     ServiceDefaults,
     IngressGateway,
+    ApiGateway,
     HttpRoute,
 }
 
@@ -114,6 +118,7 @@ impl Kind {
         match self {
             Kind::ServiceDefaults => "service-defaults",
             Kind::IngressGateway => "ingress-gateway",
+            Kind::ApiGateway => "api-gateway",
             Kind::HttpRoute => "http-route",
         }
     }
@@ -122,7 +127,7 @@ impl Kind {
     pub fn ownership(self) -> Ownership {
         match self {
             Kind::ServiceDefaults => Ownership::CreateOnly,
-            Kind::IngressGateway => Ownership::Part,
+            Kind::IngressGateway | Kind::ApiGateway => Ownership::Part,
             Kind::HttpRoute => Ownership::Whole,
         }
     }

@@ -24,13 +24,10 @@ use serde_json::Value;
 
 use crate::model::{
     managed_by_us, modify_index, stamp, Body, Entries, EntryKey, Ownership, Registration, Warning,
-    CATALOG_INDEX_META, MAX_META,
+    CATALOG_INDEX_META, GATEWAY_META, MAX_META,
 };
 use crate::plan::compare::entries_equal;
 use crate::plan::{Desired, DesiredEntry};
-
-/// Meta key naming the gateway a whole-owned entry (a route) belongs to.
-pub const GATEWAY_META: &str = "ingress-service-monitor-gateway";
 
 /// One operation on Consul.
 #[derive(Debug, Clone, PartialEq)]

@@ -117,6 +117,7 @@ impl Logs {
             ProblemLog::new(match kind {
                 Kind::ServiceDefaults => "create service-defaults",
                 Kind::IngressGateway => "write ingress-gateway entry",
+                Kind::ApiGateway => "write api-gateway entry",
                 Kind::HttpRoute => "write http-route entries",
             })
         })
@@ -341,8 +342,19 @@ impl Reconciler {
         };
         let catalog = self.inputs.catalog.borrow();
         let gateway = self.inputs.gateway.borrow();
-        let watched = gateway.value.as_ref().and_then(Option::as_ref);
-        let entries = self.overlay.view(&[(&self.inputs.gateway_key, watched)]);
+        let routes = self.inputs.routes.as_ref().map(|routes| routes.borrow());
+        let mut watched = vec![(
+            self.inputs.gateway_key.clone(),
+            gateway.value.as_ref().and_then(Option::as_ref),
+        )];
+        if let Some(Some(routes)) = routes.as_ref().map(|r| r.value.as_ref()) {
+            watched.extend(
+                routes
+                    .iter()
+                    .map(|(name, body)| (EntryKey::new(Kind::HttpRoute, name.as_str()), Some(body))),
+            );
+        }
+        let entries = self.overlay.view(&watched);
         let empty = Catalog::new();
         let snapshot = Snapshot {
             catalog: catalog.value.as_ref().unwrap_or(&empty),
@@ -363,7 +375,7 @@ impl Reconciler {
         };
         let diff = diff::diff(desired, &observed, stamping);
         warnings.extend(diff.warnings.iter().cloned());
-        drop((catalog, gateway));
+        drop((catalog, gateway, routes));
         self.report.warnings(warnings);
         diff
     }
@@ -413,15 +425,7 @@ impl Reconciler {
 
     /// The watch's `ModifyIndex` of `key` now.
     fn watched_index(&self, key: &EntryKey) -> Option<u64> {
-        if *key != self.inputs.gateway_key {
-            return None;
-        }
-        let gateway = self.inputs.gateway.borrow();
-        gateway
-            .value
-            .as_ref()
-            .and_then(Option::as_ref)
-            .and_then(crate::model::modify_index)
+        self.inputs.watched_index(key)
     }
 
     /// `PUT` with CAS: Ok(false) on a CAS miss.
