@@ -67,6 +67,7 @@ const API_GATEWAY_FIELDS: &[F] = &[
     f("Listeners", T::ObjList(LISTENER), Emit::Always),
     f("Status", T::Obj(STATUS), Emit::Always),
     f("Meta", T::StrMap, Emit::NonZero),
+    f("Hash", T::Int, Emit::NonZero),
 ];
 
 const HEADER_FILTER: &[F] = &[
@@ -227,6 +228,19 @@ pub(crate) fn normalize(entry: &mut Entry) {
         _ => return,
     }
     body.remove("Status");
+    if entry.kind == API_GATEWAY {
+        set_hash(body);
+    }
+}
+
+/// `HashConfigEntry` as `Normalize()` sets it on the kinds that carry a `Hash` (newer
+/// servers render it): a content hash, here over everything but `Status` and `Hash`.
+pub(crate) fn set_hash(body: &mut Map<String, Value>) {
+    body.remove("Hash");
+    let mut content = body.clone();
+    content.remove("Status");
+    let bytes = serde_json::to_vec(&content).unwrap_or_default();
+    body.insert("Hash".into(), json!(crate::util::fnv64(0, &bytes)));
 }
 
 /// The controller-owned kind refuses client writes (`CanWrite`), ACLs or not.
@@ -1069,6 +1083,7 @@ fn bound_json(name: &str, b: &BoundGateway) -> Map<String, Value> {
     out.insert("Name".into(), json!(name));
     out.insert("Listeners".into(), Value::Array(listeners));
     out.insert("Services".into(), Value::Object(services));
+    set_hash(&mut out);
     out
 }
 

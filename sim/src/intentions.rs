@@ -74,6 +74,7 @@ const SERVICE_INTENTIONS_FIELDS: &[F] = &[
     f("Sources", T::ObjList(SOURCE), Emit::Always),
     f("JWT", T::Obj(JWT_REQUIREMENT), Emit::IfSet),
     f("Meta", T::StrMap, Emit::NonZero),
+    f("Hash", T::Int, Emit::NonZero),
 ];
 
 pub(crate) fn schema(kind: &str) -> Option<&'static [F]> {
@@ -95,9 +96,13 @@ pub(crate) fn normalize(entry: &mut Entry) {
         return;
     }
     let destination = entry.name.clone();
-    let Some(Value::Array(sources)) = entry.body.get_mut("Sources") else {
-        return;
-    };
+    if let Some(Value::Array(sources)) = entry.body.get_mut("Sources") {
+        normalize_sources(&destination, sources);
+    }
+    crate::api_gateway::set_hash(&mut entry.body);
+}
+
+fn normalize_sources(destination: &str, sources: &mut [Value]) {
     for src in sources.iter_mut().filter_map(Value::as_object_mut) {
         if str_of(src, "Type").is_empty() {
             src.insert("Type".into(), json!("consul"));
@@ -105,7 +110,7 @@ pub(crate) fn normalize(entry: &mut Entry) {
         for legacy in ["LegacyID", "LegacyCreateTime", "LegacyUpdateTime"] {
             src.remove(legacy);
         }
-        let p = precedence(&destination, str_of(src, "Name"));
+        let p = precedence(destination, str_of(src, "Name"));
         src.insert("Precedence".into(), json!(p));
         if let Some(Value::Array(perms)) = src.get_mut("Permissions") {
             for perm in perms.iter_mut().filter_map(Value::as_object_mut) {
