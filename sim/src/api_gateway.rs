@@ -534,7 +534,11 @@ pub async fn run(shared: Arc<Shared>) {
     let wake = Arc::clone(&shared.lock().gateways.wake);
     loop {
         wake.notified().await;
-        for _ in 0..MAX_PASSES {
+        for pass in 0..MAX_PASSES {
+            if pass + 1 == MAX_PASSES {
+                // Consul converges in three passes; more means a simulator bug.
+                eprintln!("consul-sim: the gateway controller did not settle");
+            }
             let delay = shared.lock().gateways.delay;
             tokio::time::sleep(delay).await;
             let changed = {

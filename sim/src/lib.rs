@@ -10,7 +10,9 @@
 //! order, and calls the handlers. Reads run through `blocking` (index- or hash-based
 //! long polls woken per table); writes go through `state`, which keeps the Raft-like
 //! indexes and reports which tables changed. Config entries are decoded, validated and
-//! rendered by `entries` (with `dns` for host names and the protocol graph checks);
+//! rendered by `entries` (with `dns` for host names and the protocol graph checks;
+//! `api_gateway` adds the API-gateway kinds and the controller task that writes their
+//! Status, `intentions` the service-intentions rules and their L7 protocol check);
 //! agent registrations by `agent`; `filter` is the `filter=` language, `acl` the token
 //! rules and texts, `checks` the HTTP check runner and `pki` the TLS material. The
 //! control methods of [`Sim`] lock the same state the server uses, so a test's change is
