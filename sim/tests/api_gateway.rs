@@ -984,3 +984,76 @@ async fn gateway_kinds_need_mesh_write_and_reads_follow_can_read() {
     assert_eq!(r.status, 403);
     assert!(r.body.contains("lacks permission 'mesh:write'"));
 }
+
+#[tokio::test]
+async fn a_new_route_reads_not_accepted_for_one_pass_before_it_binds() {
+    let sim = sim();
+    http_service(&sim, "web");
+    put_ok(&sim, gateway("edge", json!([http_listener("http", 8080)])));
+    settled(&sim).await;
+    // Slow passes make the intermediate state observable.
+    sim.set_gateway_controller_delay(Duration::from_secs(1));
+    put_ok(&sim, route("shop", "edge", "http", "web"));
+    let created = sim.config("http-route", "shop").unwrap_or_default()["CreateIndex"]
+        .as_u64()
+        .unwrap_or(0);
+    eventually("accepted, not yet bound", || {
+        has(&sim, "http-route", "shop", "Accepted", "True", "Accepted")
+            && message(&sim, "http-route", "shop", "Bound")
+                == "failed to bind route to gateway edge: route has not been accepted"
+    })
+    .await;
+    let first = sim.config("http-route", "shop").unwrap_or_default()["ModifyIndex"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(first > created);
+    eventually("bound", || {
+        has(&sim, "http-route", "shop", "Bound", "True", "Bound")
+    })
+    .await;
+    let second = sim.config("http-route", "shop").unwrap_or_default()["ModifyIndex"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(second > first, "each status write bumps the ModifyIndex");
+}
+
+#[tokio::test]
+async fn a_blocking_read_of_one_route_wakes_on_its_status() {
+    let sim = sim();
+    http_service(&sim, "web");
+    put_ok(&sim, gateway("edge", json!([http_listener("http", 8080)])));
+    settled(&sim).await;
+    let index = get(sim.addr(), "/v1/config/http-route").await.index();
+    // Blocks while the route does not exist, then answers once it does.
+    let addr = sim.addr();
+    let mut waiting = Box::pin(get(
+        addr,
+        format!("/v1/config/http-route/shop?index={index}&wait=10s"),
+    ));
+    if tokio::time::timeout(Duration::from_millis(200), &mut waiting)
+        .await
+        .is_ok()
+    {
+        panic!("a missing route answered before it existed");
+    }
+    sim.pause_gateway_controller(true);
+    put_ok(&sim, route("shop", "edge", "http", "web"));
+    let r = match tokio::time::timeout(LIMIT, waiting).await {
+        Ok(r) => r,
+        Err(_) => panic!("the create did not wake the read"),
+    };
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["Status"], json!({"Conditions": null}));
+    let index = r.index();
+    let waiting = get(
+        addr,
+        format!("/v1/config/http-route/shop?index={index}&wait=10s"),
+    );
+    sim.pause_gateway_controller(false);
+    let r = match tokio::time::timeout(LIMIT, waiting).await {
+        Ok(r) => r,
+        Err(_) => panic!("the status write did not wake the read"),
+    };
+    assert!(r.index() > index);
+    assert!(r.json()["Status"]["Conditions"].is_array());
+}
