@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::config::{Config, GatewayKind};
+use crate::config::Config;
 use crate::consul::api;
 use crate::consul::client::{Client, Connection, ConsulError};
 use crate::health::{self, HealthState};
@@ -93,9 +93,6 @@ pub async fn main(config: Config, dry_run: bool) -> u8 {
 
 /// Settings the configuration accepts whose backend this build does not have yet.
 fn not_built_yet(config: &Config) -> Option<&'static str> {
-    if config.gateway_kind == GatewayKind::Api {
-        return Some("CONSULGATEWAY=api: the API-gateway backend is not in this release yet; use CONSULGATEWAY=ingress");
-    }
     if config.set_intentions {
         return Some("SETINTENTIONS=true: managing intentions is not in this release yet; unset it or set false");
     }
@@ -173,7 +170,10 @@ async fn deregister(client: &Client, id: &str, deadline: Instant) -> u8 {
             EXIT_OK
         }
         Ok(true) => {
-            tracing::info!(service_id = id, "deregistered the ingress service; the ingress-gateway config entry is left in place");
+            tracing::info!(
+                service_id = id,
+                "deregistered the ingress service; the gateway's config entries are left in place"
+            );
             EXIT_OK
         }
         Err(err) => {

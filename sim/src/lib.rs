@@ -347,6 +347,16 @@ impl Sim {
     pub fn config(&self, kind: &str, name: &str) -> Option<Value> {
         self.shared.lock().entry_json(kind, name)
     }
+    /// The names of every entry of `kind`, sorted.
+    pub fn config_names(&self, kind: &str) -> Vec<String> {
+        let state = self.shared.lock();
+        state
+            .config
+            .keys()
+            .filter(|(k, _)| k == kind)
+            .map(|(_, name)| name.clone())
+            .collect()
+    }
     /// Removes the entry as an operator with full rights would, without the graph
     /// validation a `DELETE` runs (tests use it to create states the API would refuse).
     pub fn delete_config(&self, kind: &str, name: &str) {

@@ -43,8 +43,7 @@ pub fn plan(
     warnings: &mut Warnings<'_>,
 ) -> ApiPlan {
     let listener = listener_name(settings, current);
-    let (candidates, create_service_defaults) =
-        candidates(settings, protocols, selected, warnings);
+    let (candidates, create_service_defaults) = candidates(settings, protocols, selected, warnings);
     let kept = resolve_conflicts(candidates, warnings);
     let mut entries = vec![DesiredEntry::new(
         settings.gateway_key(),
@@ -54,7 +53,10 @@ pub fn plan(
         for (n, group) in groups.iter().enumerate() {
             let name = route_name(&settings.gateway_name, service, n);
             let body = route(settings, &listener, &name, service, group);
-            entries.push(DesiredEntry::new(EntryKey::new(Kind::HttpRoute, name), body));
+            entries.push(DesiredEntry::new(
+                EntryKey::new(Kind::HttpRoute, name),
+                body,
+            ));
         }
     }
     ApiPlan {
@@ -252,7 +254,11 @@ fn describe(m: &Match) -> String {
         routes::PathKind::Prefix => format!("prefix {}", m.path.value),
     }];
     parts.extend(m.method.clone());
-    parts.extend(m.headers.iter().map(|h| format!("header {}={}", h.name, h.value)));
+    parts.extend(
+        m.headers
+            .iter()
+            .map(|h| format!("header {}={}", h.name, h.value)),
+    );
     parts.extend(m.query.iter().map(|q| match &q.value {
         Some(v) => format!("query {}={v}", q.name),
         None => format!("query {}", q.name),
@@ -355,6 +361,13 @@ fn route(
     if !group.hostnames.is_empty() {
         body.insert("Hostnames".into(), json!(group.hostnames));
     }
-    body.insert("Rules".into(), json!([group.rule_json(service)]));
+    let mut rule = group.rule_json(service);
+    // Consul stores a missing or zero weight as 1: written as it will read back.
+    if let Some(Value::Array(services)) = rule.get_mut("Services") {
+        for target in services.iter_mut().filter_map(Value::as_object_mut) {
+            target.insert("Weight".into(), Value::from(1));
+        }
+    }
+    body.insert("Rules".into(), Value::Array(vec![rule]));
     body
 }

@@ -166,7 +166,11 @@ pub fn plan(snapshot: &Snapshot<'_>, settings: &PlanSettings) -> Desired {
                 current,
                 &mut warnings,
             );
-            (api.entries, api.exposed_services, api.create_service_defaults)
+            (
+                api.entries,
+                api.exposed_services,
+                api.create_service_defaults,
+            )
         }
     };
     entries.extend(create.iter().map(|name| service_defaults(name)));

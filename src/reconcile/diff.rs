@@ -26,7 +26,7 @@ use crate::model::{
     managed_by_us, modify_index, stamp, Body, Entries, EntryKey, Ownership, Registration, Warning,
     CATALOG_INDEX_META, GATEWAY_META, MAX_META,
 };
-use crate::plan::compare::entries_equal;
+use crate::plan::compare;
 use crate::plan::{Desired, DesiredEntry};
 
 /// One operation on Consul.
@@ -184,7 +184,7 @@ fn entry_op(
         }
         Ownership::Whole | Ownership::Part => {}
     }
-    if entries_equal(&body, current) {
+    if compare::equal(key.kind, &body, current) {
         return None;
     }
     let Some(cas) = modify_index(current) else {

@@ -349,9 +349,9 @@ impl Reconciler {
         )];
         if let Some(Some(routes)) = routes.as_ref().map(|r| r.value.as_ref()) {
             watched.extend(
-                routes
-                    .iter()
-                    .map(|(name, body)| (EntryKey::new(Kind::HttpRoute, name.as_str()), Some(body))),
+                routes.iter().map(|(name, body)| {
+                    (EntryKey::new(Kind::HttpRoute, name.as_str()), Some(body))
+                }),
             );
         }
         let entries = self.overlay.view(&watched);
