@@ -30,7 +30,7 @@ use crate::config::Config;
 use crate::consul::api;
 use crate::consul::client::{Client, Connection, ConsulError};
 use crate::health::{self, HealthState};
-use crate::model::{Catalog, Entries, Protocols};
+use crate::model::{Catalog, Entries, Kind, Protocols};
 use crate::plan::{self, PlanSettings, Snapshot};
 use crate::reconcile::diff::{self, Observed, Op, Stamping};
 use crate::reconcile::inputs::Inputs;
@@ -224,6 +224,12 @@ async fn dry_run(config: &Config, client: &Client) -> u8 {
     let output = json!({
         "registration": api::registration_json(&desired.registration),
         "config_entry": desired.entry(&key).map(|entry| &entry.body),
+        "routes": desired
+            .entries
+            .iter()
+            .filter(|entry| entry.key.kind == Kind::HttpRoute)
+            .map(|entry| &entry.body)
+            .collect::<Vec<_>>(),
         "create_service_defaults": desired.service_defaults_to_create().collect::<Vec<_>>(),
         "services_exposed": desired.exposed_services,
         "warnings": desired.warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),

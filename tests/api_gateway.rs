@@ -328,3 +328,151 @@ fn sigterm_deregisters_and_keeps_the_routes() {
     assert!(sim.agent_service(INGRESS_ID).is_none());
     assert_eq!(our_routes(&sim).len(), 1, "routes stay for other instances");
 }
+
+#[test]
+fn a_route_consul_does_not_accept_is_a_warning_and_health_stays_200() {
+    let sim = sim_http();
+    sim.add_service(service(
+        "shop",
+        &[&rule("shop", "Host(`shop.example.com`)")],
+    ));
+    let daemon = Daemon::start(&api_env(&sim));
+    wait_until(EVENTUALLY, "routed", || our_routes(&sim).len() == 1);
+    // Someone else's service-resolver breaks shop's discovery chain.
+    sim.set_chain_error("shop", Some("resolver \"shop\" has no subset \"v9\""));
+    daemon.wait_output(EVENTUALLY, "not accepted by Consul (InvalidDiscoveryChain)");
+    assert!(
+        daemon.output().contains("has no subset"),
+        "Consul's message is in the log"
+    );
+    wait_until(EVENTUALLY, "counted on /health, still 200", || {
+        let (status, body) = daemon.health();
+        status == 200 && body.contains("\"warnings\":") && !body.contains("\"warnings\":0")
+    });
+    assert_eq!(our_routes(&sim).len(), 1, "the route stays as planned");
+    sim.set_chain_error("shop", None);
+    daemon.wait_output(EVENTUALLY, "resolved: ");
+    wait_until(EVENTUALLY, "no warning left", || {
+        daemon.health().1.contains("\"warnings\":0")
+    });
+}
+
+#[test]
+fn a_cas_conflict_with_a_racing_writer_is_planned_again() {
+    let sim = sim_http();
+    sim.add_service(service(
+        "shop",
+        &[&rule("shop", "Host(`shop.example.com`)")],
+    ));
+    let _daemon = Daemon::start(&api_env(&sim));
+    wait_until(EVENTUALLY, "routed", || our_routes(&sim).len() == 1);
+    wait_until(EVENTUALLY, "status settled", || {
+        sim.gateway_controller_idle()
+    });
+    // Someone edits the route between the daemon's read and its next write of it.
+    let mut theirs = sim.config("http-route", "edge-shop").expect("route");
+    theirs["Hostnames"] = json!(["edited.example.com"]);
+    sim.race_next_config_write(theirs)
+        .expect("race entry valid");
+    let puts_before = config_put_sizes(&sim).len();
+    sim.set_service_tags(
+        "node-1",
+        "shop",
+        &[&rule("shop", "Host(`shop2.example.com`)")],
+    );
+    wait_until(EVENTUALLY, "our plan written over the edit", || {
+        our_routes(&sim)
+            == [view(
+                "edge-shop",
+                &["shop2.example.com"],
+                &[("prefix", "/")],
+                "shop",
+            )]
+    });
+    let puts = config_put_sizes(&sim)[puts_before..].to_vec();
+    assert_eq!(
+        puts,
+        [5, 4],
+        "a CAS miss (false), then the write after reading again (true)"
+    );
+}
+
+#[test]
+fn three_instances_converge_without_flapping() {
+    let sim = sim_http();
+    let host =
+        |i: usize, v: usize| rule(&format!("s{i}"), &format!("Host(`s{i}-v{v}.example.com`)"));
+    let mut versions = [0usize; 6];
+    for (i, v) in versions.iter().enumerate() {
+        sim.add_service(service(&format!("svc{i}"), &[host(i, *v).as_str()]));
+    }
+    let _daemons: Vec<Daemon> = ["a1", "a2", "a3"]
+        .iter()
+        .map(|alloc| Daemon::start(&with(api_env(&sim), &[("NOMAD_ALLOC_ID", alloc)])))
+        .collect();
+    let hosts_now = |versions: &[usize]| -> Vec<Vec<String>> {
+        versions
+            .iter()
+            .enumerate()
+            .map(|(i, v)| vec![format!("s{i}-v{v}.example.com")])
+            .collect()
+    };
+    let seen = |sim: &Sim| -> Vec<Vec<String>> {
+        our_routes(sim)
+            .into_iter()
+            .map(|(_, hosts, _, _)| hosts)
+            .collect()
+    };
+    wait_until(EVENTUALLY, "converged", || {
+        seen(&sim) == hosts_now(&versions)
+    });
+    let count = versions.len();
+    let route_writes = |sim: &Sim| -> u64 {
+        (0..count)
+            .map(|i| sim.entry_writes("http-route", &format!("edge-svc{i}")))
+            .sum()
+    };
+    let before = route_writes(&sim);
+    let changes = 12;
+    for change in 0..changes {
+        let i = (change * 5) % versions.len();
+        versions[i] += 1;
+        sim.set_service_tags(
+            "node-1",
+            &format!("svc{i}"),
+            &[host(i, versions[i]).as_str()],
+        );
+        wait_until(EVENTUALLY, "change routed", || {
+            seen(&sim) == hosts_now(&versions)
+        });
+    }
+    wait_until(EVENTUALLY, "status settled", || {
+        sim.gateway_controller_idle()
+    });
+    let writes = route_writes(&sim) - before;
+    assert!(
+        writes <= changes as u64 + 2,
+        "{writes} route writes for {changes} changes: instances flapped"
+    );
+}
+
+#[test]
+fn dry_run_prints_the_gateway_entry_and_the_routes() {
+    let sim = sim_http();
+    sim.add_service(service(
+        "shop",
+        &[&rule("shop", "Host(`example.com`) && PathPrefix(`/shop`)")],
+    ));
+    let mut daemon = Daemon::start_with_args(&api_env(&sim), &["--dry-run"]);
+    assert_eq!(
+        daemon.wait_exit(EVENTUALLY).code(),
+        Some(0),
+        "{}",
+        daemon.output()
+    );
+    let out = daemon.output();
+    assert!(out.contains("\"api-gateway\""), "{out}");
+    assert!(out.contains("\"edge-shop\""), "{out}");
+    assert!(out.contains("\"/shop\""), "{out}");
+    assert_eq!(write_requests(&sim), 0);
+}

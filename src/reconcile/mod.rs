@@ -18,6 +18,7 @@
 pub mod diff;
 pub mod inputs;
 pub mod schedule;
+pub mod status;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -176,6 +177,8 @@ pub struct Reconciler {
     /// Since when a write has waited for our catalog to catch up with the one an entry
     /// was planned from (see `model::CATALOG_INDEX_META`).
     deferring_since: Option<Instant>,
+    /// When we last wrote each entry: its Status is believed only some time after.
+    last_written: BTreeMap<EntryKey, Instant>,
     report: Report,
     logs: Logs,
     backoff: Backoff,
@@ -197,6 +200,7 @@ impl Reconciler {
             overlay: Overlay::default(),
             registered: None,
             deferring_since: None,
+            last_written: BTreeMap::new(),
             report: Report {
                 health,
                 warnings: BTreeSet::new(),
@@ -274,7 +278,7 @@ impl Reconciler {
     async fn converge(&mut self, wrote: &mut bool) -> Result<Action, ReconcileError> {
         let mut misses = 0;
         loop {
-            let diff = self.plan_and_diff();
+            let (diff, status_recheck) = self.plan_and_diff();
             for newer in &diff.overridden {
                 tracing::info!(
                     theirs = newer.theirs,
@@ -283,7 +287,10 @@ impl Reconciler {
                     newer.key
                 );
             }
-            let action = self.deferral(&diff);
+            let action = match (self.deferral(&diff), status_recheck) {
+                (Action::AwaitChange, Some(after)) => Action::RequeueAfter(after),
+                (action, _) => action,
+            };
             match self.apply(diff.ops, wrote).await? {
                 Applied::Done => return Ok(action),
                 Applied::Replan { cas_miss: None } => {}
@@ -325,7 +332,7 @@ impl Reconciler {
 
     /// Plans from the latest state of every watch and what we know newer, and diffs the
     /// plan against the same view.
-    fn plan_and_diff(&mut self) -> Diff {
+    fn plan_and_diff(&mut self) -> (Diff, Option<Duration>) {
         // A catalog watch that is failing will not catch up: keep deferring rather than
         // write an old view (its error is on /health meanwhile).
         let defer_to_newer = self
@@ -373,11 +380,14 @@ impl Reconciler {
             catalog_index: catalog.index,
             defer_to_newer,
         };
+        let (standing, recheck) =
+            status::status_warnings(&entries, &self.last_written, Instant::now());
         let diff = diff::diff(desired, &observed, stamping);
         warnings.extend(diff.warnings.iter().cloned());
+        warnings.extend(standing);
         drop((catalog, gateway, routes));
         self.report.warnings(warnings);
-        diff
+        (diff, recheck)
     }
 
     /// Applies `ops` in order, stopping between two when the daemon shuts down.
@@ -436,6 +446,7 @@ impl Reconciler {
                 self.logs.write(key.kind).ok();
                 tracing::info!(gateway = %self.settings.gateway_name, services = self.report.exposed, "wrote {} config entry", key.kind);
                 self.overlay.learn(key.clone(), watched, Some(body));
+                self.last_written.insert(key.clone(), Instant::now());
                 Ok(true)
             }
             Ok(false) => {
@@ -457,6 +468,7 @@ impl Reconciler {
                 self.logs.write(key.kind).ok();
                 tracing::info!(%key, "deleted config entry");
                 self.overlay.learn(key.clone(), watched, None);
+                self.last_written.remove(key);
                 Ok(true)
             }
             Ok(false) => Ok(false),
