@@ -189,12 +189,24 @@ pub fn tag_routes(gateway: GatewayType, service: &str, tag: &str) -> Routes {
 /// What all stripped tags of `service` give, merged. A (hostname, match) that two tags
 /// route with different rewrites is kept for the tag that comes first in `tags`, and
 /// warned about for the other; the same (hostname, match, rewrite) twice is one.
+///
+/// Traefik: a router whose `middlewares` name a path-changing middleware defined on the
+/// same service (`stripprefix`, `replacepath`, `addprefix`, their regexp forms) has its
+/// alternatives with a path skipped, with a warning: the outer Traefik changes the path
+/// before the gateway sees it, so the gateway's path match would never match.
 pub fn service_routes(gateway: GatewayType, service: &str, tags: &[&str]) -> Routes {
     // (host key, match) → (rewrite, tag) of the first tag that routed it.
     let mut seen: BTreeMap<(String, Match), (Option<String>, &str)> = BTreeMap::new();
     let mut warnings = BTreeSet::new();
+    let path_changers = match gateway {
+        GatewayType::Traefik => path_changing_middlewares(tags),
+        GatewayType::Fabio => BTreeMap::new(),
+    };
     for &tag in tags {
         let mut collect = Collect::new(service, tag);
+        if let Some((router, _)) = traefik::router_setting(tag, "rule") {
+            collect.path_changed_by = path_changers.get(&router.to_ascii_lowercase()).cloned();
+        }
         collect.tag(gateway);
         warnings.extend(collect.warnings);
         for (host, m, rewrite) in collect.routed {
@@ -224,6 +236,43 @@ pub fn service_routes(gateway: GatewayType, service: &str, tags: &[&str]) -> Rou
         ),
         warnings: warnings.into_iter().collect(),
     }
+}
+
+/// Middleware types that change the request path.
+const PATH_MIDDLEWARES: [&str; 5] = [
+    "stripprefix",
+    "stripprefixregex",
+    "replacepath",
+    "replacepathregex",
+    "addprefix",
+];
+
+/// For each router (lower-cased) of `tags` whose `middlewares` name a path-changing
+/// middleware defined in `tags`: `"<middleware> (<type>)"` of the first one. Names with
+/// another provider's `@suffix` are defined elsewhere and not known here.
+fn path_changing_middlewares(tags: &[&str]) -> BTreeMap<String, String> {
+    let defined: BTreeMap<String, String> = tags
+        .iter()
+        .filter_map(|tag| traefik::middleware_type(tag))
+        .filter(|(_, kind)| PATH_MIDDLEWARES.contains(&kind.as_str()))
+        .map(|(name, kind)| (name.to_ascii_lowercase(), kind))
+        .collect();
+    let mut out = BTreeMap::new();
+    for tag in tags {
+        let Some((router, list)) = traefik::router_setting(tag, "middlewares") else {
+            continue;
+        };
+        let found = list.split(',').find_map(|name| {
+            let name = name.trim();
+            let name = name.strip_suffix("@consulcatalog").unwrap_or(name);
+            let kind = defined.get(&name.to_ascii_lowercase())?;
+            Some(format!("{name} ({kind})"))
+        });
+        if let Some(found) = found {
+            out.entry(router.to_ascii_lowercase()).or_insert(found);
+        }
+    }
+    out
 }
 
 /// The canonical groups of a set of (host key, match, rewrite): each match with its
@@ -292,6 +341,8 @@ struct Collect<'a> {
     tag: &'a str,
     routed: BTreeSet<(String, Match, Option<String>)>,
     warnings: Vec<RouteWarning>,
+    /// The Traefik router's path-changing middleware, if any.
+    path_changed_by: Option<String>,
 }
 
 impl<'a> Collect<'a> {
@@ -301,6 +352,7 @@ impl<'a> Collect<'a> {
             tag,
             routed: BTreeSet::new(),
             warnings: Vec::new(),
+            path_changed_by: None,
         }
     }
 
@@ -376,6 +428,13 @@ impl<'a> Collect<'a> {
             return Err(format!(
                 "{} cannot be expressed by an http-route ({})",
                 u.matcher, u.reason
+            ));
+        }
+        if let (Some(path), Some(middleware)) = (&branch.path, &self.path_changed_by) {
+            return Err(format!(
+                "the outer Traefik changes the path with middleware {middleware} before the \
+                 gateway sees it, so {path} at the gateway would never match; route the \
+                 path without that middleware"
             ));
         }
         let hostnames = match branch.hosts.split_first() {
@@ -1007,6 +1066,47 @@ mod tests {
         assert!(got.warnings[0].message.contains(
             "prefix /x/ on host a.com is also routed by tag \"urlprefix-a.com/x strip=/x\""
         ));
+    }
+
+    #[test]
+    fn path_changing_middlewares_skip_path_alternatives() {
+        let tags = [
+            "traefik.http.routers.api.rule=Host(`a.com`) && PathPrefix(`/api`) || Host(`b.com`)",
+            "traefik.http.routers.api.middlewares=auth, strip@consulcatalog",
+            "traefik.http.middlewares.strip.stripPrefix.prefixes=/api",
+            "traefik.http.middlewares.auth.basicauth.users=u:p",
+            "traefik.http.routers.web.rule=Host(`a.com`) && PathPrefix(`/web`)",
+            "traefik.http.routers.web.middlewares=auth",
+            "traefik.http.routers.other.rule=Host(`a.com`) && PathPrefix(`/o`)",
+            "traefik.http.routers.other.middlewares=strip@file",
+        ];
+        let got = service_routes(T, "web", &tags);
+        let groups: Vec<String> = got.groups.iter().map(group).collect();
+        // The host-only alternative still routes (prefix / sees every path).
+        assert_eq!(groups, ["a.com -> ^/o; ^/web", "b.com -> ^/"]);
+        assert_eq!(got.warnings.len(), 1, "{:?}", got.warnings);
+        assert_eq!(got.warnings[0].tag, tags[0]);
+        assert!(got.warnings[0].message.contains(
+            "the outer Traefik changes the path with middleware strip (stripprefix) before the \
+             gateway sees it, so PathPrefix(`/api`) at the gateway would never match"
+        ));
+        // One tag alone cannot know about the middleware.
+        assert_eq!(tag_routes(T, "web", tags[0]).groups.len(), 2);
+        for kind in [
+            "stripprefixregex",
+            "replacepath",
+            "ReplacePathRegex",
+            "addPrefix",
+        ] {
+            let tags = [
+                "traefik.http.routers.r.rule=PathPrefix(`/x`)".to_owned(),
+                "traefik.http.routers.r.middlewares=m".to_owned(),
+                format!("traefik.http.middlewares.m.{kind}.x=y"),
+            ];
+            let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
+            let got = service_routes(T, "web", &tags);
+            assert!(got.groups.is_empty(), "{kind}: {:?}", got.groups);
+        }
     }
 
     #[test]
