@@ -11,7 +11,10 @@
 //! Not carried over: Traefik's router priority. Consul orders the matches of all routes
 //! on a hostname by longer path, then more headers, then more query parameters; Traefik
 //! by rule length (or an explicit priority). Identical (hostname, match) pairs are what
-//! the planner must refuse; overlapping ones resolve the Consul way.
+//! the planner must refuse; overlapping ones resolve the Consul way. A group for every
+//! host (a path without `Host`) serves only hosts no route names: Envoy picks the
+//! virtual host first, so `a.com/y` finds no match if `a.com` has routes but none for
+//! `/y`, where Traefik would fall back to the catch-all router (narrower, never wider).
 //!
 //! Everything here is canonical (sorted, de-duplicated, lower-cased where the protocol is
 //! case-insensitive) so the planner can key conflicts by (hostname or [`ANY_HOST`],
