@@ -10,8 +10,10 @@
 //! `Bound=False` ("route has not been accepted", or `GatewayNotFound` before its gateway
 //! was reconciled) and binds one pass later: each pass that changes something bumps the
 //! ModifyIndex of what it wrote and wakes blocking queries, as Consul's status writes
-//! do. Its own writes do not mark the controller dirty; passes stop at the first one
-//! that changes nothing (a bounded number in any case).
+//! do. Its own writes are not client changes: passes repeat only while they change
+//! something and stop at the first that changes nothing (a handful in a row at most).
+//! Routes whose inputs did not change reuse their last result, and under bursts the
+//! passes space out, so thousands of routes do not hold up the API.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
