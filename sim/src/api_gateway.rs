@@ -10,8 +10,10 @@
 //! `Bound=False` ("route has not been accepted", or `GatewayNotFound` before its gateway
 //! was reconciled) and binds one pass later: each pass that changes something bumps the
 //! ModifyIndex of what it wrote and wakes blocking queries, as Consul's status writes
-//! do. Its own writes do not mark the controller dirty; passes stop at the first one
-//! that changes nothing (a bounded number in any case).
+//! do. Its own writes are not client changes: passes repeat only while they change
+//! something and stop at the first that changes nothing (a handful in a row at most).
+//! Routes whose inputs did not change reuse their last result, and under bursts the
+//! passes space out, so thousands of routes do not hold up the API.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -237,9 +239,11 @@ pub(crate) fn normalize(entry: &mut Entry) {
 /// servers render it): a content hash, here over everything but `Status` and `Hash`.
 pub(crate) fn set_hash(body: &mut Map<String, Value>) {
     body.remove("Hash");
-    let mut content = body.clone();
-    content.remove("Status");
-    let bytes = serde_json::to_vec(&content).unwrap_or_default();
+    let status = body.remove("Status");
+    let bytes = serde_json::to_vec(&*body).unwrap_or_default();
+    if let Some(status) = status {
+        body.insert("Status".into(), status);
+    }
     body.insert("Hash".into(), json!(crate::util::fnv64(0, &bytes)));
 }
 
@@ -483,7 +487,10 @@ pub(crate) fn validate(entry: &Entry) -> Result<(), String> {
 
 /// The controller's inputs and bookkeeping, kept in the simulator's state.
 pub struct Controller {
+    /// A pass is due (a client change, or the controller's own last pass wrote).
     dirty: bool,
+    /// A client change happened since the last pass.
+    client_change: bool,
     wake: Arc<Notify>,
     /// How long after a change a pass runs (Consul: a few milliseconds).
     pub delay: Duration,
@@ -495,18 +502,26 @@ pub struct Controller {
     pub status_writes: u64,
     /// Passes that ran (changing something or not).
     pub passes: u64,
+    /// The bound state last written per gateway, with the entry's ModifyIndex then:
+    /// an unchanged one is not rendered again (thousands of routes make that costly).
+    bound_cache: BTreeMap<String, (u64, BoundGateway)>,
+    /// Each route's last result with the inputs it came from.
+    route_cache: BTreeMap<(String, String), RouteResult>,
 }
 
 impl Default for Controller {
     fn default() -> Self {
         Controller {
             dirty: false,
+            client_change: false,
             wake: Arc::new(Notify::new()),
             delay: Duration::from_millis(5),
             paused: false,
             chain_errors: BTreeMap::new(),
             status_writes: 0,
             passes: 0,
+            bound_cache: BTreeMap::new(),
+            route_cache: BTreeMap::new(),
         }
     }
 }
@@ -515,6 +530,7 @@ impl Controller {
     /// A client-visible change happened: schedule a pass.
     pub fn touch(&mut self) {
         self.dirty = true;
+        self.client_change = true;
         self.wake.notify_one();
     }
 
@@ -524,42 +540,50 @@ impl Controller {
     }
 }
 
-/// Passes after one change; each is a controller write Consul's own controller would
-/// answer with another reconcile. Three suffice (status, then binding, then nothing).
-const MAX_PASSES: usize = 8;
+/// Passes in a row without a client change: Consul's controller needs three (status,
+/// then binding, then nothing); more means a simulator bug.
+const MAX_OWN_PASSES: usize = 8;
 
-/// The controller task: one pass `delay` after each change, again while passes change
-/// something.
+/// The controller task: a pass `delay` after a change, and again while passes change
+/// something. A pass over thousands of routes is not free and runs under the state
+/// lock, so under a burst of writes the next pass waits at least four times as long as
+/// the last one took: the API stays responsive, as Consul's does while its controller
+/// works, and statuses lag a little more (as they do in Consul under load).
 pub async fn run(shared: Arc<Shared>) {
     let wake = Arc::clone(&shared.lock().gateways.wake);
+    let mut last_took = Duration::ZERO;
     loop {
         wake.notified().await;
-        for pass in 0..MAX_PASSES {
-            if pass + 1 == MAX_PASSES {
-                // Consul converges in three passes; more means a simulator bug.
-                eprintln!("consul-sim: the gateway controller did not settle");
-            }
+        let mut own_passes = 0;
+        loop {
             let delay = shared.lock().gateways.delay;
-            tokio::time::sleep(delay).await;
+            tokio::time::sleep(delay.max(last_took * 4)).await;
             let changed = {
                 let mut st = shared.lock();
                 if st.gateways.paused || !st.gateways.dirty {
                     break;
                 }
+                let client_change = std::mem::take(&mut st.gateways.client_change);
+                own_passes = if client_change { 0 } else { own_passes + 1 };
+                if own_passes > MAX_OWN_PASSES {
+                    eprintln!("consul-sim: the gateway controller did not settle");
+                    break;
+                }
                 st.gateways.dirty = false;
                 st.gateways.passes += 1;
+                let started = std::time::Instant::now();
                 let changed = reconcile(&mut st);
+                last_took = started.elapsed();
                 // Consul's controller reconciles again after its own writes.
                 st.gateways.dirty |= changed;
                 changed
             };
-            if !changed {
-                break;
+            if changed {
+                shared.notify(Changes {
+                    config: true,
+                    ..Changes::default()
+                });
             }
-            shared.notify(Changes {
-                config: true,
-                ..Changes::default()
-            });
         }
     }
 }
@@ -623,38 +647,50 @@ fn set(conds: &mut Vec<Cond>, c: Cond) {
     }
 }
 
-fn stored_conds(body: &Map<String, Value>) -> Vec<Cond> {
-    let list = obj(body, "Status")
+fn stored_list(body: &Map<String, Value>) -> &[Value] {
+    obj(body, "Status")
         .and_then(|s| s.get("Conditions"))
         .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    list.iter()
-        .filter_map(Value::as_object)
-        .map(|c| Cond {
-            typ: str_of(c, "Type").into(),
-            status: str_of(c, "Status").into(),
-            reason: str_of(c, "Reason").into(),
-            message: str_of(c, "Message").into(),
-            resource: obj(c, "Resource").map(Ref::of).unwrap_or_else(Ref::empty),
-        })
-        .collect()
+        .map_or(&[], Vec::as_slice)
+}
+
+/// Whether a stored condition is `c` (ignoring `LastTransitionTime`), without copying.
+fn is(stored: &Value, c: &Cond) -> bool {
+    let Some(s) = stored.as_object() else {
+        return false;
+    };
+    let r = obj(s, "Resource");
+    let field = |k: &str| r.map_or("", |r| str_of(r, k));
+    str_of(s, "Type") == c.typ
+        && str_of(s, "Status") == c.status
+        && str_of(s, "Reason") == c.reason
+        && str_of(s, "Message") == c.message
+        && field("Kind") == c.resource.kind
+        && field("Name") == c.resource.name
+        && field("SectionName") == c.resource.section
 }
 
 /// `Status.MatchesConditionStatus` for `Accepted=True` with an empty resource.
 fn accepted(body: &Map<String, Value>) -> bool {
-    stored_conds(body)
+    stored_list(body)
         .iter()
-        .any(|c| c.typ == "Accepted" && c.status == "True" && c.resource == Ref::empty())
+        .filter_map(Value::as_object)
+        .any(|c| {
+            let r = obj(c, "Resource");
+            let empty = |k: &str| r.is_none_or(|r| str_of(r, k).is_empty());
+            str_of(c, "Type") == "Accepted"
+                && str_of(c, "Status") == "True"
+                && empty("Kind")
+                && empty("Name")
+                && empty("SectionName")
+        })
 }
 
-/// `SameConditions`: equal as sets, ignoring `LastTransitionTime`.
-fn same(a: &[Cond], b: &[Cond]) -> bool {
-    let mut a = a.to_vec();
-    let mut b = b.to_vec();
-    a.sort();
-    b.sort();
-    a == b
+/// `SameConditions` between the stored conditions and `conds`: equal as sets (a type
+/// and resource appear once), ignoring `LastTransitionTime`.
+fn same_as_stored(body: &Map<String, Value>, conds: &[Cond]) -> bool {
+    let stored = stored_list(body);
+    stored.len() == conds.len() && conds.iter().all(|c| stored.iter().any(|s| is(s, c)))
 }
 
 fn entries_of<'a>(st: &'a State, kind: &str) -> Vec<(String, &'a Map<String, Value>)> {
@@ -702,12 +738,29 @@ fn route_services(kind: &str, body: &Map<String, Value>) -> Vec<String> {
     }
 }
 
+/// A route's result in a pass, with the inputs it came from: its ModifyIndex (its
+/// content and stored status), its services' protocols or chain errors, and per parent
+/// the ModifyIndex of that gateway when it has a bound entry.
+struct RouteResult {
+    modify_index: u64,
+    /// Whether the fields below were computed (not only parsed).
+    evaluated: bool,
+    services: Vec<String>,
+    parents: Vec<Ref>,
+    protocols: Vec<Result<String, String>>,
+    gws: Vec<Option<u64>>,
+    binds: Vec<(String, usize)>,
+    bound_gws: Vec<String>,
+}
+
+#[derive(Clone, PartialEq)]
 struct BoundListener {
     name: String,
     routes: Vec<Ref>,
     certificates: Vec<Ref>,
 }
 
+#[derive(Clone, PartialEq)]
 struct BoundGateway {
     listeners: Vec<BoundListener>,
     services: BTreeMap<String, Vec<Ref>>,
@@ -721,8 +774,170 @@ fn set_error(errors: &mut Vec<(Ref, String)>, r: &Ref, e: String) {
     }
 }
 
+/// What a route's inputs make of it: its conditions, the (gateway, listener index)
+/// pairs it binds to, and the gateways whose bound entry lists its services.
+#[allow(clippy::too_many_arguments)]
+fn evaluate_route(
+    kind: &str,
+    name: &str,
+    body: &Map<String, Value>,
+    services: &[String],
+    protocols: &[Result<String, String>],
+    parents: &[Ref],
+    gateways: &[(String, &Map<String, Value>)],
+    bound_names: &BTreeSet<String>,
+) -> (Vec<Cond>, Vec<(String, usize)>, Vec<String>) {
+    let mut binds = Vec::new();
+    let mut bound_gws = Vec::new();
+    let protocol = if kind == HTTP_ROUTE { "http" } else { "tcp" };
+    let mut conds = Vec::new();
+    for protocol_of in protocols {
+        let c = if let Err(e) = protocol_of {
+            cond(
+                "Accepted",
+                "False",
+                "InvalidDiscoveryChain",
+                e.clone(),
+                Ref::empty(),
+            )
+        } else if protocol_of.as_deref() != Ok(protocol) {
+            cond(
+                "Accepted",
+                "False",
+                "InvalidDiscoveryChain",
+                "route protocol does not match targeted service protocol",
+                Ref::empty(),
+            )
+        } else {
+            cond(
+                "Accepted",
+                "True",
+                "Accepted",
+                "route is valid",
+                Ref::empty(),
+            )
+        };
+        set(&mut conds, c);
+    }
+    if services.is_empty() {
+        set(
+            &mut conds,
+            cond(
+                "Accepted",
+                "False",
+                "NoUpstreamServicesTargeted",
+                "route must target at least one upstream service",
+                Ref::empty(),
+            ),
+        );
+    }
+    let route_accepted = accepted(body);
+    let mut bound_refs: Vec<Ref> = Vec::new();
+    let mut errors: Vec<(Ref, String)> = Vec::new();
+    for (gw_name, gw_body) in gateways {
+        if !bound_names.contains(gw_name) {
+            continue;
+        }
+        let gw_accepted = accepted(gw_body);
+        let listeners = objects(gw_body, "Listeners");
+        for p in parents {
+            if !(p.kind == API_GATEWAY || p.kind.is_empty()) || &p.name != gw_name {
+                continue;
+            }
+            if listeners.is_empty() {
+                set_error(
+                    &mut errors,
+                    p,
+                    "route cannot bind because gateway has no listeners".into(),
+                );
+                continue;
+            }
+            let mut did_bind = false;
+            for (li, l) in listeners.iter().enumerate() {
+                let lname = str_of(l, "Name");
+                if !(lname == p.section || p.section.is_empty()) {
+                    continue;
+                }
+                let failure = if !gw_accepted {
+                    Some(format!(
+                        "failed to bind route to gateway {gw_name}: gateway has not been accepted"
+                    ))
+                } else if !route_accepted {
+                    Some(format!(
+                        "failed to bind route to gateway {gw_name}: route has not been accepted"
+                    ))
+                } else if kind == HTTP_ROUTE && {
+                    let h = str_of(l, "Hostname");
+                    filtered_hostnames(body, if h.is_empty() { "*" } else { h }).is_empty()
+                } {
+                    Some(format!("failed to bind route to gateway {gw_name}: listener {lname} is does not have any hostnames that match the route"))
+                } else if str_of(l, "Protocol") == protocol {
+                    binds.push((gw_name.clone(), li));
+                    did_bind = true;
+                    None
+                } else if !p.section.is_empty() {
+                    Some(format!("failed to bind route {name} to gateway {gw_name}: listener {lname} is not a {protocol} listener"))
+                } else {
+                    None
+                };
+                if let Some(e) = failure {
+                    set_error(&mut errors, p, e);
+                }
+            }
+            if !did_bind && !errors.iter().any(|(r, _)| r == p) {
+                set_error(
+                    &mut errors,
+                    p,
+                    format!(
+                        "failed to bind route {name} to gateway {gw_name} with listener '{}'",
+                        p.section
+                    ),
+                );
+            }
+            if did_bind {
+                bound_gws.push(gw_name.clone());
+                bound_refs.push(p.clone());
+            }
+        }
+    }
+    for p in &bound_refs {
+        set(
+            &mut conds,
+            cond(
+                "Bound",
+                "True",
+                "Bound",
+                "successfully bound route",
+                p.clone(),
+            ),
+        );
+    }
+    for (p, e) in &errors {
+        set(
+            &mut conds,
+            cond("Bound", "False", "FailedToBind", e.clone(), p.clone()),
+        );
+    }
+    for p in parents {
+        if !bound_refs.contains(p) && !errors.iter().any(|(r, _)| r == p) {
+            set(
+                &mut conds,
+                cond(
+                    "Bound",
+                    "False",
+                    "GatewayNotFound",
+                    "gateway was not found",
+                    p.clone(),
+                ),
+            );
+        }
+    }
+    (conds, binds, bound_gws)
+}
+
 /// One pass; `true` when it wrote something.
 fn reconcile(st: &mut State) -> bool {
+    let mut cache = std::mem::take(&mut st.gateways.route_cache);
     let view = View {
         table: &st.config,
         change: None,
@@ -764,168 +979,93 @@ fn reconcile(st: &mut State) -> bool {
         .collect();
 
     // Routes: acceptance from the discovery chains, binding from the stored statuses.
+    // A route whose inputs are those of the last pass reuses its result and needs no
+    // status write: that pass found its status current or wrote it, and a write changes
+    // the route's ModifyIndex, so its inputs.
+    let gateway_inputs: BTreeMap<&str, Option<u64>> = gateways
+        .iter()
+        .map(|(n, _)| {
+            let index = st
+                .config
+                .get(&(API_GATEWAY.to_string(), n.clone()))
+                .map(|s| s.modify_index);
+            (n.as_str(), index.filter(|_| bound_names.contains(n)))
+        })
+        .collect();
+    let mut fresh_cache = BTreeMap::new();
     let mut route_status: Vec<(&str, String, Vec<Cond>)> = Vec::new();
     for (kind, name, body) in &routes {
-        let protocol = if *kind == HTTP_ROUTE { "http" } else { "tcp" };
-        let services = route_services(kind, body);
-        let mut conds = Vec::new();
-        for svc in &services {
-            let c = if let Some(e) = st.gateways.chain_errors.get(svc) {
-                cond(
-                    "Accepted",
-                    "False",
-                    "InvalidDiscoveryChain",
-                    e.clone(),
-                    Ref::empty(),
-                )
-            } else if view.effective_protocol(svc) != protocol {
-                cond(
-                    "Accepted",
-                    "False",
-                    "InvalidDiscoveryChain",
-                    "route protocol does not match targeted service protocol",
-                    Ref::empty(),
-                )
-            } else {
-                cond(
-                    "Accepted",
-                    "True",
-                    "Accepted",
-                    "route is valid",
-                    Ref::empty(),
-                )
-            };
-            set(&mut conds, c);
-        }
-        if services.is_empty() {
-            set(
-                &mut conds,
-                cond(
-                    "Accepted",
-                    "False",
-                    "NoUpstreamServicesTargeted",
-                    "route must target at least one upstream service",
-                    Ref::empty(),
-                ),
+        let key = (kind.to_string(), name.clone());
+        let modify_index = st.config.get(&key).map_or(0, |s| s.modify_index);
+        let mut result = match cache.remove(&key) {
+            Some(c) if c.modify_index == modify_index => c,
+            _ => RouteResult {
+                modify_index,
+                evaluated: false,
+                services: route_services(kind, body),
+                parents: objects(body, "Parents").into_iter().map(Ref::of).collect(),
+                protocols: Vec::new(),
+                gws: Vec::new(),
+                binds: Vec::new(),
+                bound_gws: Vec::new(),
+            },
+        };
+        let protocols: Vec<Result<String, String>> = result
+            .services
+            .iter()
+            .map(|svc| match st.gateways.chain_errors.get(svc) {
+                Some(e) => Err(e.clone()),
+                None => Ok(view.effective_protocol(svc)),
+            })
+            .collect();
+        let gws: Vec<Option<u64>> = result
+            .parents
+            .iter()
+            .map(|p| gateway_inputs.get(p.name.as_str()).copied().flatten())
+            .collect();
+        if !(result.evaluated && result.protocols == protocols && result.gws == gws) {
+            let (conds, binds, bound_gws) = evaluate_route(
+                kind,
+                name,
+                body,
+                &result.services,
+                &protocols,
+                &result.parents,
+                &gateways,
+                &bound_names,
             );
+            route_status.push((kind, name.clone(), conds));
+            result.evaluated = true;
+            result.protocols = protocols;
+            result.gws = gws;
+            result.binds = binds;
+            result.bound_gws = bound_gws;
         }
-        let route_accepted = accepted(body);
         let route_ref = Ref {
             kind: kind.to_string(),
             name: name.clone(),
             section: String::new(),
         };
-        let parents: Vec<Ref> = objects(body, "Parents").into_iter().map(Ref::of).collect();
-        let mut bound_refs: Vec<Ref> = Vec::new();
-        let mut errors: Vec<(Ref, String)> = Vec::new();
-        for (gw_name, gw_body) in &gateways {
-            if !bound_names.contains(gw_name) {
-                continue;
-            }
-            let gw_accepted = accepted(gw_body);
-            let listeners = objects(gw_body, "Listeners");
-            for p in &parents {
-                if !(p.kind == API_GATEWAY || p.kind.is_empty()) || &p.name != gw_name {
-                    continue;
-                }
-                if listeners.is_empty() {
-                    set_error(
-                        &mut errors,
-                        p,
-                        "route cannot bind because gateway has no listeners".into(),
-                    );
-                    continue;
-                }
-                let mut did_bind = false;
-                for (li, l) in listeners.iter().enumerate() {
-                    let lname = str_of(l, "Name");
-                    if !(lname == p.section || p.section.is_empty()) {
-                        continue;
-                    }
-                    let failure = if !gw_accepted {
-                        Some(format!("failed to bind route to gateway {gw_name}: gateway has not been accepted"))
-                    } else if !route_accepted {
-                        Some(format!("failed to bind route to gateway {gw_name}: route has not been accepted"))
-                    } else if *kind == HTTP_ROUTE && {
-                        let h = str_of(l, "Hostname");
-                        filtered_hostnames(body, if h.is_empty() { "*" } else { h }).is_empty()
-                    } {
-                        Some(format!("failed to bind route to gateway {gw_name}: listener {lname} is does not have any hostnames that match the route"))
-                    } else if str_of(l, "Protocol") == protocol {
-                        if let Some(b) = bound.get_mut(gw_name) {
-                            if let Some(bl) = b.listeners.get_mut(li) {
-                                if !bl.routes.contains(&route_ref) {
-                                    bl.routes.push(route_ref.clone());
-                                }
-                            }
-                        }
-                        did_bind = true;
-                        None
-                    } else if !p.section.is_empty() {
-                        Some(format!("failed to bind route {name} to gateway {gw_name}: listener {lname} is not a {protocol} listener"))
-                    } else {
-                        None
-                    };
-                    if let Some(e) = failure {
-                        set_error(&mut errors, p, e);
-                    }
-                }
-                if !did_bind && !errors.iter().any(|(r, _)| r == p) {
-                    set_error(
-                        &mut errors,
-                        p,
-                        format!(
-                            "failed to bind route {name} to gateway {gw_name} with listener '{}'",
-                            p.section
-                        ),
-                    );
-                }
-                if did_bind {
-                    if let Some(b) = bound.get_mut(gw_name) {
-                        for svc in &services {
-                            let refs = b.services.entry(svc.clone()).or_default();
-                            if !refs.contains(&route_ref) {
-                                refs.push(route_ref.clone());
-                            }
-                        }
-                    }
-                    bound_refs.push(p.clone());
+        for (gw, li) in &result.binds {
+            if let Some(bl) = bound.get_mut(gw).and_then(|b| b.listeners.get_mut(*li)) {
+                // Routes are applied one after the other: only this route's own
+                // earlier binds can repeat it.
+                if bl.routes.last() != Some(&route_ref) {
+                    bl.routes.push(route_ref.clone());
                 }
             }
         }
-        for p in &bound_refs {
-            set(
-                &mut conds,
-                cond(
-                    "Bound",
-                    "True",
-                    "Bound",
-                    "successfully bound route",
-                    p.clone(),
-                ),
-            );
-        }
-        for (p, e) in &errors {
-            set(
-                &mut conds,
-                cond("Bound", "False", "FailedToBind", e.clone(), p.clone()),
-            );
-        }
-        for p in &parents {
-            if !bound_refs.contains(p) && !errors.iter().any(|(r, _)| r == p) {
-                set(
-                    &mut conds,
-                    cond(
-                        "Bound",
-                        "False",
-                        "GatewayNotFound",
-                        "gateway was not found",
-                        p.clone(),
-                    ),
-                );
+        for gw in &result.bound_gws {
+            if let Some(b) = bound.get_mut(gw) {
+                for svc in &result.services {
+                    let refs = b.services.entry(svc.clone()).or_default();
+                    if refs.last() != Some(&route_ref) {
+                        refs.push(route_ref.clone());
+                    }
+                }
             }
         }
-        route_status.push((kind, name.clone(), conds));
+        fresh_cache.insert(key, result);
     }
 
     // Gateways: certificates, acceptance, conflicts.
@@ -1032,10 +1172,6 @@ fn reconcile(st: &mut State) -> bool {
         gateway_status.push((gw_name.clone(), conds));
     }
 
-    let bound_bodies: Vec<(String, Map<String, Value>)> = bound
-        .into_iter()
-        .map(|(name, b)| (name.clone(), bound_json(&name, &b)))
-        .collect();
     let orphans: Vec<String> = bound_names
         .iter()
         .filter(|n| !gateways.iter().any(|(g, _)| g == *n))
@@ -1044,6 +1180,7 @@ fn reconcile(st: &mut State) -> bool {
 
     // Apply: each changed entry is its own write with its own index, as in Raft.
     let mut changed = false;
+    st.gateways.route_cache = fresh_cache;
     let now = now_rfc3339();
     for (name, conds) in gateway_status {
         changed |= write_status(st, API_GATEWAY, &name, &conds, &now);
@@ -1051,10 +1188,19 @@ fn reconcile(st: &mut State) -> bool {
     for (kind, name, conds) in route_status {
         changed |= write_status(st, kind, &name, &conds, &now);
     }
-    for (name, body) in bound_bodies {
-        changed |= write_bound(st, &name, body);
+    for (name, b) in bound {
+        let key = (BOUND_API_GATEWAY.to_string(), name.clone());
+        let stored = st.config.get(&key).map(|s| s.modify_index);
+        let cached = st.gateways.bound_cache.get(&name);
+        if stored.is_some() && cached.is_some_and(|(i, c)| Some(*i) == stored && *c == b) {
+            continue;
+        }
+        changed |= write_bound(st, &name, bound_json(&name, &b));
+        let written = st.config.get(&key).map_or(0, |s| s.modify_index);
+        st.gateways.bound_cache.insert(name, (written, b));
     }
     for name in orphans {
+        st.gateways.bound_cache.remove(&name);
         st.config
             .remove(&(BOUND_API_GATEWAY.to_string(), name.clone()));
         st.config_index = st.bump();
@@ -1096,7 +1242,7 @@ fn write_status(st: &mut State, kind: &str, name: &str, conds: &[Cond], now: &st
     let Some(stored) = st.config.get(&key) else {
         return false;
     };
-    if same(&stored_conds(&stored.body), conds) {
+    if same_as_stored(&stored.body, conds) {
         return false;
     }
     let list: Vec<Value> = conds

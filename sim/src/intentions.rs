@@ -347,11 +347,11 @@ pub(crate) fn check_graph(view: &View<'_>) -> Result<(), String> {
             Some(body) => check_l7(view, name, body),
             None => Ok(()),
         },
-        crate::entries::SERVICE_DEFAULTS
-        | crate::entries::PROXY_DEFAULTS
-        | "service-router"
-        | "service-splitter"
-        | "service-resolver" => {
+        // Consul re-checks every intentions entry here; only the destination's own
+        // protocol can change, so the simulator checks the ones that can break: the
+        // entry of that service, or all of them when proxy-defaults changes (this
+        // keeps thousands of writes linear).
+        crate::entries::PROXY_DEFAULTS => {
             let all = view
                 .table
                 .range((SERVICE_INTENTIONS.to_string(), String::new())..)
@@ -361,6 +361,13 @@ pub(crate) fn check_graph(view: &View<'_>) -> Result<(), String> {
             }
             Ok(())
         }
+        crate::entries::SERVICE_DEFAULTS
+        | "service-router"
+        | "service-splitter"
+        | "service-resolver" => match view.get(SERVICE_INTENTIONS, name) {
+            Some(body) => check_l7(view, name, body),
+            None => Ok(()),
+        },
         _ => Ok(()),
     }
 }
