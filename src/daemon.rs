@@ -51,12 +51,6 @@ pub const EXIT_CONFIG: u8 = 2;
 
 /// Entry point after configuration: `--dry-run`, or the daemon until a signal.
 pub async fn main(config: Config, dry_run: bool) -> u8 {
-    if let Some(problem) = not_built_yet(&config) {
-        // Refused rather than ignored: an operator who asked for an API gateway must not
-        // get an ingress-gateway entry written instead.
-        tracing::error!("{problem}");
-        return EXIT_CONFIG;
-    }
     let client = match Client::new(&config.consul) {
         Ok(client) => client,
         Err(message) => {
@@ -89,14 +83,6 @@ pub async fn main(config: Config, dry_run: bool) -> u8 {
         Err(err) => tracing::warn!("serving /health on an unknown address: {err}"),
     }
     run(Arc::new(config), client, listener, shutdown).await
-}
-
-/// Settings the configuration accepts whose backend this build does not have yet.
-fn not_built_yet(config: &Config) -> Option<&'static str> {
-    if config.set_intentions {
-        return Some("SETINTENTIONS=true: managing intentions is not in this release yet; unset it or set false");
-    }
-    None
 }
 
 /// Runs until `shutdown` completes, then stops the reconciler and deregisters the

@@ -108,6 +108,7 @@ impl fmt::Display for Warning {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
     ServiceDefaults,
+    ServiceIntentions,
     IngressGateway,
     ApiGateway,
     HttpRoute,
@@ -117,6 +118,7 @@ impl Kind {
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::ServiceDefaults => "service-defaults",
+            Kind::ServiceIntentions => "service-intentions",
             Kind::IngressGateway => "ingress-gateway",
             Kind::ApiGateway => "api-gateway",
             Kind::HttpRoute => "http-route",
@@ -127,7 +129,7 @@ impl Kind {
     pub fn ownership(self) -> Ownership {
         match self {
             Kind::ServiceDefaults => Ownership::CreateOnly,
-            Kind::IngressGateway | Kind::ApiGateway => Ownership::Part,
+            Kind::ServiceIntentions | Kind::IngressGateway | Kind::ApiGateway => Ownership::Part,
             Kind::HttpRoute => Ownership::Whole,
         }
     }

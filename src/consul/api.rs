@@ -119,6 +119,16 @@ pub fn decode_routes(response: &Response, gateway: &str) -> Result<BTreeMap<Stri
         .collect())
 }
 
+/// `GET /v1/config/service-intentions` -> every entry, by destination name.
+pub fn decode_intentions(response: &Response) -> Result<BTreeMap<String, Body>, String> {
+    let entries: Vec<Body> =
+        serde_json::from_slice(expect_200(response)?).map_err(|e| e.to_string())?;
+    Ok(entries
+        .into_iter()
+        .filter_map(|entry| Some((entry.get("Name")?.as_str()?.to_owned(), entry)))
+        .collect())
+}
+
 /// Body of `PUT /v1/agent/service/register?replace-existing-checks`:
 /// ID, Name, Port, Address (when set), Tags, Meta, and a Check with CheckID
 /// `<id>:ready`, Name, HTTP, Interval "10s", Timeout "2s".

@@ -31,7 +31,8 @@ pub const LISTENER_NAME: &str = "http";
 #[derive(Debug, Default)]
 pub struct ApiPlan {
     pub entries: Vec<DesiredEntry>,
-    pub exposed_services: usize,
+    /// Services with at least one route.
+    pub exposed: BTreeSet<String>,
     pub create_service_defaults: Vec<String>,
 }
 
@@ -61,7 +62,7 @@ pub fn plan(
     }
     ApiPlan {
         entries,
-        exposed_services: kept.len(),
+        exposed: kept.keys().map(|s| s.to_string()).collect(),
         create_service_defaults,
     }
 }

@@ -23,7 +23,7 @@ pub fn entries_equal(a: &Body, b: &Body) -> bool {
 pub fn equal(kind: Kind, a: &Body, b: &Body) -> bool {
     match kind {
         Kind::IngressGateway | Kind::ServiceDefaults => entries_equal(a, b),
-        Kind::ApiGateway | Kind::HttpRoute => struct_equal(a, b),
+        Kind::ApiGateway | Kind::HttpRoute | Kind::ServiceIntentions => struct_equal(a, b),
     }
 }
 

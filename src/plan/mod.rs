@@ -19,6 +19,7 @@
 pub mod api_gateway;
 pub mod compare;
 pub mod ingress;
+pub mod intentions;
 pub mod registration;
 
 use std::collections::BTreeSet;
@@ -50,6 +51,8 @@ pub struct PlanSettings {
     /// The ingress service's check URL.
     pub check_url: String,
     pub set_service_defaults: bool,
+    /// SETINTENTIONS: allow the gateway in each exposed service's intentions.
+    pub set_intentions: bool,
 }
 
 impl PlanSettings {
@@ -68,6 +71,7 @@ impl PlanSettings {
             ingress_port_grpc: config.ingress_port_grpc,
             check_url: format!("http://{check_host}:{}/ready", config.health_check_port),
             set_service_defaults: config.set_service_defaults,
+            set_intentions: config.set_intentions,
         }
     }
 
@@ -118,6 +122,8 @@ pub struct Desired {
     /// Sorted by key. An entry that exists and is not listed is left alone, unless it is
     /// one we own as a whole (then it is deleted).
     pub entries: Vec<DesiredEntry>,
+    /// Entries the planner wants gone (ours, left empty): deleted with CAS.
+    pub deletes: Vec<EntryKey>,
     /// Number of services the gateway's config routes to.
     pub exposed_services: usize,
     /// Sorted.
@@ -145,13 +151,18 @@ pub fn plan(snapshot: &Snapshot<'_>, settings: &PlanSettings) -> Desired {
         registration::registration(settings, snapshot.catalog, &mut warnings);
     let gateway_key = settings.gateway_key();
     let current = snapshot.entries.get(&gateway_key).copied();
-    let (mut entries, exposed_services, create) = match settings.gateway_kind {
+    let (mut entries, exposed, create) = match settings.gateway_kind {
         GatewayKind::Ingress => {
             let placed =
                 ingress::place_services(settings, snapshot.protocols, &selected, &mut warnings);
             let gateway = ingress::desired_entry(settings, current, &placed.listeners)
                 .map(|body| DesiredEntry::new(gateway_key, body));
-            let exposed = placed.listeners.values().map(Vec::len).sum();
+            let exposed: BTreeSet<String> = placed
+                .listeners
+                .values()
+                .flatten()
+                .map(|(service, _)| service.clone())
+                .collect();
             (
                 gateway.into_iter().collect::<Vec<_>>(),
                 exposed,
@@ -166,19 +177,22 @@ pub fn plan(snapshot: &Snapshot<'_>, settings: &PlanSettings) -> Desired {
                 current,
                 &mut warnings,
             );
-            (
-                api.entries,
-                api.exposed_services,
-                api.create_service_defaults,
-            )
+            (api.entries, api.exposed, api.create_service_defaults)
         }
     };
     entries.extend(create.iter().map(|name| service_defaults(name)));
+    let mut deletes = Vec::new();
+    if settings.set_intentions {
+        let planned = intentions::plan(settings, &exposed, snapshot.entries, &mut warnings);
+        entries.extend(planned.entries);
+        deletes = planned.deletes;
+    }
     entries.sort_by(|a, b| a.key.cmp(&b.key));
     Desired {
         registration,
         entries,
-        exposed_services,
+        deletes,
+        exposed_services: exposed.len(),
         warnings: warnings.into_sorted(),
     }
 }

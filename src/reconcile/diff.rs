@@ -122,6 +122,18 @@ pub fn diff(desired: Desired, observed: &Observed<'_>, stamping: Stamping) -> Di
             phased.push((op.phase(Ownership::Whole), op));
         }
     }
+    for key in &desired.deletes {
+        if let Some(body) = observed.entries.get(key) {
+            let op = match modify_index(body) {
+                Some(cas) => Op::Delete {
+                    key: key.clone(),
+                    cas,
+                },
+                None => Op::Refresh { key: key.clone() },
+            };
+            phased.push((op.phase(Ownership::Part), op));
+        }
+    }
     // Bodies move into the ops: at 10,000 services an entry is megabytes.
     for entry in desired.entries {
         let ownership = entry.ownership;
@@ -285,6 +297,8 @@ mod tests {
         ops: Vec<(&'static str, &'static str, u64)>,
         deferred: usize,
         warnings: usize,
+        /// Entries the planner wants gone.
+        deletes: Vec<EntryKey>,
     }
 
     fn case(name: &'static str) -> Case {
@@ -299,6 +313,7 @@ mod tests {
             ops: vec![],
             deferred: 0,
             warnings: 0,
+            deletes: vec![],
         }
     }
 
@@ -310,6 +325,7 @@ mod tests {
                 .iter()
                 .map(|(k, b)| DesiredEntry::new(k.clone(), b.clone()))
                 .collect(),
+            deletes: case.deletes.clone(),
             exposed_services: 0,
             warnings: vec![],
         };
@@ -488,6 +504,18 @@ mod tests {
                     with(gateway(other.clone()), json!({"ModifyIndex": 7})),
                 )],
                 ..case("a shared entry not desired is never deleted")
+            },
+            Case {
+                observed: vec![(
+                    key(Kind::ServiceIntentions, "web"),
+                    body(json!({"Kind": "service-intentions", "ModifyIndex": 8})),
+                )],
+                deletes: vec![
+                    key(Kind::ServiceIntentions, "web"),
+                    key(Kind::ServiceIntentions, "gone"),
+                ],
+                ops: vec![("delete", "web", 8)],
+                ..case("a planned delete of a shared entry: only when it exists")
             },
             Case {
                 registered: None,

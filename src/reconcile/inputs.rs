@@ -25,6 +25,8 @@ pub struct Inputs {
     pub gateway_key: EntryKey,
     /// API gateway only: the http-routes that concern our gateway, by name.
     pub routes: Option<watch::Receiver<Observed<BTreeMap<String, Body>>>>,
+    /// SETINTENTIONS only: every service-intentions entry, by destination.
+    pub intentions: Option<watch::Receiver<Observed<BTreeMap<String, Body>>>>,
 }
 
 impl Inputs {
@@ -37,6 +39,18 @@ impl Inputs {
         let changed = Arc::new(Notify::new());
         let prefix = settings.prefix.clone();
         let gateway_key = settings.gateway_key();
+        let intentions = settings.set_intentions.then(|| {
+            keep(
+                tasks,
+                spawn(
+                    client,
+                    "watch service-intentions",
+                    api::list_path(Kind::ServiceIntentions),
+                    api::decode_intentions,
+                    changed.clone(),
+                ),
+            )
+        });
         let routes = (gateway_key.kind == Kind::ApiGateway).then(|| {
             let gateway = settings.gateway_name.clone();
             keep(
@@ -93,6 +107,7 @@ impl Inputs {
             ),
             gateway_key,
             routes,
+            intentions,
             changed,
         }
     }
@@ -107,10 +122,10 @@ impl Inputs {
             && self.service_defaults.borrow().value.is_some()
             && self.proxy_default.borrow().value.is_some()
             && self.gateway.borrow().value.is_some()
-            && self
-                .routes
-                .as_ref()
-                .map_or(true, |routes| routes.borrow().value.is_some())
+            && [&self.routes, &self.intentions]
+                .into_iter()
+                .flatten()
+                .all(|list| list.borrow().value.is_some())
     }
 
     /// The first problem any watch currently has.
@@ -123,6 +138,9 @@ impl Inputs {
             self.routes
                 .as_ref()
                 .and_then(|routes| routes.borrow().problem.clone()),
+            self.intentions
+                .as_ref()
+                .and_then(|list| list.borrow().problem.clone()),
         ]
         .into_iter()
         .flatten()
@@ -139,12 +157,13 @@ impl Inputs {
                 .and_then(Option::as_ref)
                 .and_then(modify_index);
         }
-        let routes = self.routes.as_ref()?;
-        if key.kind != Kind::HttpRoute {
-            return None;
-        }
-        let routes = routes.borrow();
-        routes.value.as_ref()?.get(&key.name).and_then(modify_index)
+        let list = match key.kind {
+            Kind::HttpRoute => self.routes.as_ref()?,
+            Kind::ServiceIntentions => self.intentions.as_ref()?,
+            _ => return None,
+        };
+        let list = list.borrow();
+        list.value.as_ref()?.get(&key.name).and_then(modify_index)
     }
 
     pub fn catalog_failing(&self) -> bool {

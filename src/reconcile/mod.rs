@@ -117,6 +117,7 @@ impl Logs {
         self.writes.entry(kind).or_insert_with(|| {
             ProblemLog::new(match kind {
                 Kind::ServiceDefaults => "create service-defaults",
+                Kind::ServiceIntentions => "write service-intentions",
                 Kind::IngressGateway => "write ingress-gateway entry",
                 Kind::ApiGateway => "write api-gateway entry",
                 Kind::HttpRoute => "write http-route entries",
@@ -350,16 +351,21 @@ impl Reconciler {
         let catalog = self.inputs.catalog.borrow();
         let gateway = self.inputs.gateway.borrow();
         let routes = self.inputs.routes.as_ref().map(|routes| routes.borrow());
+        let intentions = self.inputs.intentions.as_ref().map(|list| list.borrow());
         let mut watched = vec![(
             self.inputs.gateway_key.clone(),
             gateway.value.as_ref().and_then(Option::as_ref),
         )];
-        if let Some(Some(routes)) = routes.as_ref().map(|r| r.value.as_ref()) {
-            watched.extend(
-                routes.iter().map(|(name, body)| {
-                    (EntryKey::new(Kind::HttpRoute, name.as_str()), Some(body))
-                }),
-            );
+        for (kind, list) in [
+            (Kind::HttpRoute, &routes),
+            (Kind::ServiceIntentions, &intentions),
+        ] {
+            if let Some(Some(list)) = list.as_ref().map(|l| l.value.as_ref()) {
+                watched.extend(
+                    list.iter()
+                        .map(|(name, body)| (EntryKey::new(kind, name.as_str()), Some(body))),
+                );
+            }
         }
         let entries = self.overlay.view(&watched);
         let empty = Catalog::new();
@@ -385,14 +391,19 @@ impl Reconciler {
         let diff = diff::diff(desired, &observed, stamping);
         warnings.extend(diff.warnings.iter().cloned());
         warnings.extend(standing);
-        drop((catalog, gateway, routes));
+        drop((catalog, gateway, routes, intentions));
         self.report.warnings(warnings);
         (diff, recheck)
     }
 
     /// Applies `ops` in order, stopping between two when the daemon shuts down.
+    /// Applies `ops` in order, stopping between two when the daemon shuts down. A failed
+    /// intentions write does not stop the others (the gateway's config and the
+    /// registration are kept current whatever the token may do with intentions): the pass
+    /// fails with it at the end.
     async fn apply(&mut self, ops: Vec<Op>, wrote: &mut bool) -> Result<Applied, ReconcileError> {
         let mut created_defaults = false;
+        let mut deferred_error = None;
         for op in ops {
             if *self.stop.borrow() {
                 return Err(ReconcileError::Stopped);
@@ -403,29 +414,38 @@ impl Reconciler {
                 // The gateway's config is planned again with the new protocols.
                 return Ok(Applied::Replan { cas_miss: None });
             }
-            match op {
+            let isolated = op
+                .key()
+                .is_some_and(|key| key.kind == Kind::ServiceIntentions);
+            let outcome = match op {
                 Op::Put { key, body, cas } if key.kind == Kind::ServiceDefaults => {
                     created_defaults |= self.create_defaults(&key, &body, cas).await;
                     *wrote |= created_defaults;
+                    continue;
                 }
-                Op::Put { key, body, cas } => {
-                    if !self.put(&key, body, cas).await? {
-                        return self.refresh(key).await;
-                    }
-                    *wrote = true;
+                Op::Put { key, body, cas } => self
+                    .put(&key, body, cas)
+                    .await
+                    .map(|done| (!done).then_some(key)),
+                Op::Delete { key, cas } => self
+                    .delete(&key, cas)
+                    .await
+                    .map(|done| (!done).then_some(key)),
+                Op::Refresh { key } => Ok(Some(key)),
+                Op::Register(registration) => self.register(registration).await.map(|()| None),
+            };
+            match outcome {
+                Ok(None) => *wrote = true,
+                // A CAS miss, or an entry to learn the index of.
+                Ok(Some(key)) => return self.refresh(key).await,
+                Err(err) if isolated => {
+                    deferred_error.get_or_insert(err);
                 }
-                Op::Delete { key, cas } => {
-                    if !self.delete(&key, cas).await? {
-                        return self.refresh(key).await;
-                    }
-                    *wrote = true;
-                }
-                Op::Refresh { key } => return self.refresh(key).await,
-                Op::Register(registration) => {
-                    self.register(registration).await?;
-                    *wrote = true;
-                }
+                Err(err) => return Err(err),
             }
+        }
+        if let Some(err) = deferred_error {
+            return Err(err);
         }
         Ok(match created_defaults {
             true => Applied::Replan { cas_miss: None },
