@@ -202,10 +202,13 @@ mod tests {
                "Precedence": 9, "Type": "consul"})
     }
 
-    /// (what Consul holds for "web", exposed?, expected sources after, deleted?, warnings)
+    /// (name, what Consul holds for "web", exposed?, expected sources after, deleted?,
+    /// warnings)
+    type Case = (&'static str, Option<Value>, bool, Option<Value>, bool, usize);
+
     #[test]
     fn table() {
-        let cases: Vec<(&str, Option<Value>, bool, Option<Value>, bool, usize)> = vec![
+        let cases: Vec<Case> = vec![
             (
                 "absent, exposed: created",
                 None,
