@@ -454,6 +454,44 @@ fn three_instances_converge_without_flapping() {
         writes <= changes as u64 + 2,
         "{writes} route writes for {changes} changes: instances flapped"
     );
+
+    // A service comes and another goes: each route is created or deleted once, and an
+    // instance that sees it late does not bring the old set back.
+    let removed_before = sim.entry_writes("http-route", "edge-svc0");
+    sim.add_service(service(
+        "late",
+        &[&rule("late", "Host(`late.example.com`)")],
+    ));
+    sim.remove_service("node-1", "svc0");
+    wait_until(EVENTUALLY, "the set changed", || {
+        let names: Vec<String> = our_routes(&sim)
+            .into_iter()
+            .map(|(name, ..)| name)
+            .collect();
+        names.contains(&"edge-late".to_string()) && !names.contains(&"edge-svc0".to_string())
+    });
+    for alloc in ["a1", "a2", "a3"] {
+        let id = format!("edge-ingress-{alloc}");
+        wait_until(EVENTUALLY, "every instance saw it", || {
+            sim.agent_service(&id)
+                .is_some_and(|s| s["Tags"].to_string().contains("late.example.com"))
+        });
+    }
+    wait_until(EVENTUALLY, "status settled", || {
+        sim.gateway_controller_idle()
+    });
+    assert_eq!(
+        sim.entry_writes("http-route", "edge-late"),
+        1,
+        "created once"
+    );
+    // Deletes are not writes of content: any write here would be a re-creation.
+    assert_eq!(
+        sim.entry_writes("http-route", "edge-svc0") - removed_before,
+        0,
+        "never re-created after its delete"
+    );
+    assert!(sim.config("http-route", "edge-svc0").is_none());
 }
 
 #[test]

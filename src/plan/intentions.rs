@@ -204,7 +204,14 @@ mod tests {
 
     /// (name, what Consul holds for "web", exposed?, expected sources after, deleted?,
     /// warnings)
-    type Case = (&'static str, Option<Value>, bool, Option<Value>, bool, usize);
+    type Case = (
+        &'static str,
+        Option<Value>,
+        bool,
+        Option<Value>,
+        bool,
+        usize,
+    );
 
     #[test]
     fn table() {

@@ -23,8 +23,8 @@
 use serde_json::Value;
 
 use crate::model::{
-    managed_by_us, modify_index, stamp, Body, Entries, EntryKey, Ownership, Registration, Warning,
-    CATALOG_INDEX_META, GATEWAY_META, MAX_META,
+    managed_by_us, modify_index, stamp, Body, Entries, EntryKey, Kind, Ownership, Registration,
+    Warning, CATALOG_INDEX_META, GATEWAY_META, MAX_META,
 };
 use crate::plan::compare;
 use crate::plan::{Desired, DesiredEntry};
@@ -109,6 +109,15 @@ impl Diff {
 pub fn diff(desired: Desired, observed: &Observed<'_>, stamping: Stamping) -> Diff {
     let mut out = Diff::default();
     let mut phased: Vec<(u8, Op)> = Vec::new();
+    // Whole-owned entries come and go (routes): a delete leaves no stamp behind, so the
+    // gateway's entry carries the stamp of the last change to the set, and an instance
+    // behind it does not bring back what a newer one removed (or remove what it added).
+    let gateway_key = EntryKey::new(Kind::ApiGateway, observed.gateway);
+    let membership_newer = observed
+        .entries
+        .get(&gateway_key)
+        .and_then(|gateway| newer(&gateway_key, gateway, stamping));
+    let mut membership = MembershipOps::default();
     for (key, body) in observed.entries {
         let wanted = desired.entries.iter().any(|entry| entry.key == *key);
         if !wanted && key.kind.ownership() == Ownership::Whole && owned(body, observed.gateway) {
@@ -119,7 +128,7 @@ pub fn diff(desired: Desired, observed: &Observed<'_>, stamping: Stamping) -> Di
                 },
                 None => Op::Refresh { key: key.clone() },
             };
-            phased.push((op.phase(Ownership::Whole), op));
+            membership.push(op, &membership_newer, stamping, &mut out, &mut phased);
         }
     }
     for key in &desired.deletes {
@@ -135,10 +144,28 @@ pub fn diff(desired: Desired, observed: &Observed<'_>, stamping: Stamping) -> Di
         }
     }
     // Bodies move into the ops: at 10,000 services an entry is megabytes.
+    let mut gateway = None;
     for entry in desired.entries {
+        if entry.key == gateway_key {
+            gateway = Some(entry);
+            continue;
+        }
         let ownership = entry.ownership;
-        if let Some(op) = entry_op(entry, observed, stamping, &mut out) {
-            phased.push((op.phase(ownership), op));
+        match entry_op(entry, observed, stamping, &mut out) {
+            Some(op @ Op::Put { cas: 0, .. }) if ownership == Ownership::Whole => {
+                membership.push(op, &membership_newer, stamping, &mut out, &mut phased);
+            }
+            Some(op) => phased.push((op.phase(ownership), op)),
+            None => {}
+        }
+    }
+    if let Some(entry) = gateway {
+        let op = match entry_op(entry.clone(), observed, stamping, &mut out) {
+            None if membership.changed => restamp(entry, observed, stamping),
+            op => op,
+        };
+        if let Some(op) = op {
+            phased.push((op.phase(Ownership::Part), op));
         }
     }
     let registration = desired.registration;
@@ -151,6 +178,64 @@ pub fn diff(desired: Desired, observed: &Observed<'_>, stamping: Stamping) -> Di
     phased.sort_by(|(pa, a), (pb, b)| (pa, a.key()).cmp(&(pb, b.key())));
     out.ops = phased.into_iter().map(|(_, op)| op).collect();
     out
+}
+
+/// Creates and deletes of whole-owned entries: deferred while the gateway's entry was
+/// stamped from a newer catalog; whether any goes ahead (the gateway is stamped then).
+#[derive(Default)]
+struct MembershipOps {
+    changed: bool,
+}
+
+impl MembershipOps {
+    fn push(
+        &mut self,
+        op: Op,
+        newer: &Option<Newer>,
+        stamping: Stamping,
+        out: &mut Diff,
+        phased: &mut Vec<(u8, Op)>,
+    ) {
+        if let Some(newer) = newer {
+            if stamping.defer_to_newer {
+                if !out.deferred.contains(newer) {
+                    out.deferred.push(newer.clone());
+                }
+                return;
+            }
+        }
+        self.changed |= !matches!(op, Op::Refresh { .. });
+        phased.push((op.phase(Ownership::Whole), op));
+    }
+}
+
+/// The gateway's entry written again as it is, to carry the stamp of a change to the
+/// set of whole-owned entries.
+fn restamp(entry: DesiredEntry, observed: &Observed<'_>, stamping: Stamping) -> Option<Op> {
+    let current = observed.entries.get(&entry.key)?;
+    if stamp(current).is_some() && stamp(current) == stamping.catalog_index {
+        return None;
+    }
+    let Some(cas) = modify_index(current) else {
+        return Some(Op::Refresh { key: entry.key });
+    };
+    let mut body = entry.body;
+    add_stamp(&mut body, stamping.catalog_index);
+    Some(Op::Put {
+        key: entry.key,
+        body,
+        cas,
+    })
+}
+
+/// The entry was planned from a newer catalog than ours.
+fn newer(key: &EntryKey, body: &Body, stamping: Stamping) -> Option<Newer> {
+    let (theirs, ours) = (stamp(body)?, stamping.catalog_index?);
+    (theirs > ours).then(|| Newer {
+        key: key.clone(),
+        theirs,
+        ours,
+    })
 }
 
 /// Whether a whole-owned entry is ours: our Meta, for our gateway.
@@ -202,19 +287,12 @@ fn entry_op(
     let Some(cas) = modify_index(current) else {
         return Some(Op::Refresh { key });
     };
-    if let (Some(theirs), Some(ours)) = (stamp(current), stamping.catalog_index) {
-        if theirs > ours {
-            let newer = Newer {
-                key: key.clone(),
-                theirs,
-                ours,
-            };
-            if stamping.defer_to_newer {
-                out.deferred.push(newer);
-                return None;
-            }
-            out.overridden.push(newer);
+    if let Some(newer) = newer(&key, current, stamping) {
+        if stamping.defer_to_newer {
+            out.deferred.push(newer);
+            return None;
         }
+        out.overridden.push(newer);
     }
     add_stamp(&mut body, stamping.catalog_index);
     Some(Op::Put { key, body, cas })
@@ -516,6 +594,75 @@ mod tests {
                 ],
                 ops: vec![("delete", "web", 8)],
                 ..case("a planned delete of a shared entry: only when it exists")
+            },
+            Case {
+                desired: vec![
+                    (
+                        key(Kind::ApiGateway, GW),
+                        body(
+                            json!({"Kind": "api-gateway", "Name": GW, "Meta": {"managed-by": MANAGED_BY}}),
+                        ),
+                    ),
+                    (key(Kind::HttpRoute, "edge-new"), route("edge-new", ours())),
+                ],
+                observed: vec![
+                    (
+                        key(Kind::ApiGateway, GW),
+                        body(
+                            json!({"Kind": "api-gateway", "Name": GW, "ModifyIndex": 3, "Meta": {"managed-by": MANAGED_BY, CATALOG_INDEX_META: "4"}}),
+                        ),
+                    ),
+                    (
+                        key(Kind::HttpRoute, "edge-gone"),
+                        with(route("edge-gone", ours()), json!({"ModifyIndex": 4})),
+                    ),
+                ],
+                ops: vec![
+                    ("put", GW, 3),
+                    ("put", "edge-new", 0),
+                    ("delete", "edge-gone", 4),
+                ],
+                ..case("routes come and go: the gateway carries the stamp of the change")
+            },
+            Case {
+                desired: vec![
+                    (
+                        key(Kind::ApiGateway, GW),
+                        body(
+                            json!({"Kind": "api-gateway", "Name": GW, "Meta": {"managed-by": MANAGED_BY}}),
+                        ),
+                    ),
+                    (key(Kind::HttpRoute, "edge-new"), route("edge-new", ours())),
+                ],
+                observed: vec![
+                    (
+                        key(Kind::ApiGateway, GW),
+                        body(
+                            json!({"Kind": "api-gateway", "Name": GW, "ModifyIndex": 3, "Meta": {"managed-by": MANAGED_BY, CATALOG_INDEX_META: "20"}}),
+                        ),
+                    ),
+                    (
+                        key(Kind::HttpRoute, "edge-gone"),
+                        with(route("edge-gone", ours()), json!({"ModifyIndex": 4})),
+                    ),
+                ],
+                deferred: 1,
+                ..case("a newer instance changed the set of routes: creates and deletes wait")
+            },
+            Case {
+                desired: vec![(
+                    key(Kind::ApiGateway, GW),
+                    body(
+                        json!({"Kind": "api-gateway", "Name": GW, "Meta": {"managed-by": MANAGED_BY}}),
+                    ),
+                )],
+                observed: vec![(
+                    key(Kind::ApiGateway, GW),
+                    body(
+                        json!({"Kind": "api-gateway", "Name": GW, "ModifyIndex": 3, "Meta": {"managed-by": MANAGED_BY, CATALOG_INDEX_META: "4"}}),
+                    ),
+                )],
+                ..case("no change to the set of routes: the gateway is not rewritten for its stamp")
             },
             Case {
                 registered: None,
