@@ -53,6 +53,64 @@ pub fn catalog_path(ingress_service_name: &str) -> String {
     format!("/v1/catalog/services?filter={}", percent_encode(&filter))
 }
 
+/// A catalog query with a filter no Consul can parse: Consul that honours `filter=` on
+/// `/v1/catalog/services` refuses it (400 or 500); Consul before filtering reached that
+/// endpoint (1.8 among them) ignores it and answers 200 with every service.
+pub const CATALOG_FILTER_PROBE: &str = "/v1/catalog/services?filter=%3D%3D";
+
+/// Where the catalog is watched when `filter=` is ignored: the UI's service summary,
+/// which names each service's kind (and is blocking like the catalog).
+pub const UI_SERVICES_PATH: &str = "/v1/internal/ui/services";
+
+/// Whether this Consul honours `filter=` on `/v1/catalog/services`.
+pub async fn catalog_filter_honoured(connection: &mut Connection) -> Result<bool, ConsulError> {
+    let response = connection.get(CATALOG_FILTER_PROBE, REQUEST_TIMEOUT).await;
+    match response {
+        Ok(response) => Ok(response.status != 200),
+        // A refused filter is a 400/500 status: the filter was read.
+        Err(ConsulError {
+            kind: ErrorKind::Status { code: 400 | 500, .. },
+            ..
+        }) => Ok(true),
+        Err(err) => Err(err),
+    }
+}
+
+/// `GET /v1/internal/ui/services` -> the catalog as [`decode_catalog`] makes it: typical
+/// services only (no sidecar proxies, no gateways), never `own` (our ingress service),
+/// tags selected by `prefix` and stripped.
+pub fn decode_ui_services(response: &Response, prefix: &str, own: &str) -> Result<Catalog, String> {
+    #[derive(serde::Deserialize)]
+    struct Summary {
+        #[serde(rename = "Kind", default)]
+        kind: Option<String>,
+        #[serde(rename = "Name")]
+        name: String,
+        #[serde(rename = "Tags", default)]
+        tags: Option<Vec<String>>,
+    }
+    let services: Vec<Summary> =
+        serde_json::from_slice(expect_200(response)?).map_err(|e| e.to_string())?;
+    let mut catalog = Catalog::new();
+    for service in services {
+        if service.kind.as_deref().is_some_and(|k| !k.is_empty()) || service.name == own {
+            continue;
+        }
+        let mut selected: Vec<String> = Vec::new();
+        for tag in service.tags.iter().flatten() {
+            if let Some(stripped) = crate::tags::strip_prefix(tag, prefix) {
+                if !selected.iter().any(|t| t == stripped) {
+                    selected.push(stripped.to_owned());
+                }
+            }
+        }
+        if !selected.is_empty() {
+            catalog.entry(service.name).or_default().extend(selected);
+        }
+    }
+    Ok(catalog)
+}
+
 /// `/v1/config/<kind>/<name>`. Names are checked at start (`config::check_path_name`)
 /// or come from Consul's own catalog, so they need no escaping.
 pub fn entry_path(key: &EntryKey) -> String {

@@ -210,8 +210,26 @@ where
     D: Fn(&Response) -> Result<T, String> + Send + Sync + 'static,
 {
     let (tx, rx) = watch::channel(Observed::default());
-    let mut blocking = BlockingWatch::new(client.connection(activity), path);
-    let task = tokio::spawn(async move {
+    let connection = client.connection(activity);
+    let task = tokio::spawn(run(connection, activity, path, decode, tx, changed));
+    (rx, task)
+}
+
+/// The loop of a watch task (see [`spawn`]), for a watch that must first decide what to
+/// watch on its own connection.
+pub async fn run<T, D>(
+    connection: Connection,
+    activity: &'static str,
+    path: String,
+    decode: D,
+    tx: watch::Sender<Observed<T>>,
+    changed: Arc<Notify>,
+) where
+    T: PartialEq,
+    D: Fn(&Response) -> Result<T, String>,
+{
+    let mut blocking = BlockingWatch::new(connection, path);
+    {
         let mut log = ProblemLog::new(activity);
         loop {
             let modified = match blocking.next_with(&decode).await {
@@ -243,8 +261,7 @@ where
                 changed.notify_one();
             }
         }
-    });
-    (rx, task)
+    }
 }
 
 /// Consul parses `wait` with Go's `time.ParseDuration`.

@@ -9,7 +9,9 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::consul::api;
-use crate::consul::watch::{spawn, Observed};
+use crate::consul::retry::{Backoff, ProblemLog};
+use crate::consul::watch::{run as watch_loop, spawn, Observed};
+use crate::consul::Response;
 use crate::consul::Client;
 use crate::model::{modify_index, Body, Catalog, Entries, EntryKey, Kind, Protocols};
 use crate::plan::PlanSettings;
@@ -65,16 +67,7 @@ impl Inputs {
             )
         });
         Inputs {
-            catalog: keep(
-                tasks,
-                spawn(
-                    client,
-                    "watch catalog services",
-                    api::catalog_path(&settings.ingress_service_name),
-                    move |r| api::decode_catalog(r, &prefix),
-                    changed.clone(),
-                ),
-            ),
+            catalog: keep(tasks, spawn_catalog(client, settings, prefix, changed.clone())),
             service_defaults: keep(
                 tasks,
                 spawn(
@@ -169,6 +162,53 @@ impl Inputs {
     pub fn catalog_failing(&self) -> bool {
         self.catalog.borrow().problem.is_some()
     }
+}
+
+/// The catalog watch. Consul before catalog filtering (1.8 among them) ignores `filter=`
+/// and would send sidecar proxies (which copy their parent's tags), gateways and our own
+/// ingress service: there the watch reads the UI's service summary, which names each
+/// service's kind, instead (said once in the log).
+fn spawn_catalog(
+    client: &Client,
+    settings: &PlanSettings,
+    prefix: String,
+    changed: Arc<Notify>,
+) -> (watch::Receiver<Observed<Catalog>>, JoinHandle<()>) {
+    const ACTIVITY: &str = "watch catalog services";
+    let (tx, rx) = watch::channel(Observed::default());
+    let mut connection = client.connection(ACTIVITY);
+    let own = settings.ingress_service_name.clone();
+    let task = tokio::spawn(async move {
+        let mut backoff = Backoff::new();
+        let mut log = ProblemLog::new(ACTIVITY);
+        let honoured = loop {
+            match api::catalog_filter_honoured(&mut connection).await {
+                Ok(honoured) => break honoured,
+                Err(err) => {
+                    log.failed(&err);
+                    let message = err.to_string();
+                    tx.send_modify(|observed| observed.problem = Some(message));
+                    changed.notify_one();
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+            }
+        };
+        log.ok();
+        if honoured {
+            let path = api::catalog_path(&own);
+            let decode = move |r: &Response| api::decode_catalog(r, &prefix);
+            watch_loop(connection, ACTIVITY, path, decode, tx, changed).await;
+        } else {
+            tracing::info!(
+                path = api::UI_SERVICES_PATH,
+                "this Consul ignores filter= on /v1/catalog/services (Consul 1.8 does): watching the service summary, which names each service's kind, so sidecar proxies, gateways and the ingress service itself still stay out"
+            );
+            let path = api::UI_SERVICES_PATH.to_owned();
+            let decode = move |r: &Response| api::decode_ui_services(r, &prefix, &own);
+            watch_loop(connection, ACTIVITY, path, decode, tx, changed).await;
+        }
+    });
+    (rx, task)
 }
 
 fn keep<T>(tasks: &mut Vec<JoinHandle<()>>, (rx, task): (T, JoinHandle<()>)) -> T {
