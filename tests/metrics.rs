@@ -131,6 +131,15 @@ fn metrics_follow_the_daemon_state() {
         value(&scrape(port).2, "ism_up") == Some(0.0)
     });
     assert_eq!(daemon.health().0, 503);
+    let body = scrape(port).2;
+    let failed = "ism_writes_total{kind=\"config_entry\",result=\"error\"}";
+    assert!(value(&body, failed) >= Some(1.0), "{body}");
+    assert!(
+        value(&body, "ism_reconciles_total{result=\"error\"}") >= Some(1.0),
+        "{body}"
+    );
+    let refused = "ism_consul_requests_total{endpoint=\"/v1/config\",code=\"500\"}";
+    assert!(value(&body, refused) >= Some(1.0), "{body}");
     sim.clear_faults();
     // The backoff after the failures is at most 30 s.
     wait_until(
@@ -141,6 +150,150 @@ fn metrics_follow_the_daemon_state() {
             value(&body, "ism_up") == Some(1.0) && value(&body, "ism_exposed_services") == Some(2.0)
         },
     );
+    assert_eq!(daemon.health().0, 200);
+}
+
+/// Every `name="value"` label pair of every sample.
+fn labels(body: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let Some((_, rest)) = line.split_once('{') else {
+            continue;
+        };
+        let Some((inside, _)) = rest.rsplit_once('}') else {
+            continue;
+        };
+        for pair in inside.split("\",") {
+            if let Some((name, value)) = pair.split_once("=\"") {
+                out.push((name.to_string(), value.trim_end_matches('"').to_string()));
+            }
+        }
+    }
+    out
+}
+
+/// The value of `series`, 0 when it is not there (yet).
+fn count(body: &str, series: &str) -> f64 {
+    value(body, series).unwrap_or(0.0)
+}
+
+const RECONCILED_OK: &str = "ism_reconciles_total{result=\"ok\"}";
+const ENTRY_WRITTEN: &str = "ism_writes_total{kind=\"config_entry\",result=\"ok\"}";
+const REGISTERED: &str = "ism_writes_total{kind=\"registration\",result=\"ok\"}";
+const REACTIONS: &str = "ism_reaction_seconds_count";
+const CATALOG_READ: &str =
+    "ism_consul_requests_total{endpoint=\"/v1/catalog/services\",code=\"200\"}";
+const CATALOG_ERRORS: &str = "ism_watch_errors_total{watch=\"catalog\"}";
+
+#[test]
+fn a_change_moves_the_counters_and_labels_stay_bounded() {
+    let sim = sim_http();
+    sim.add_service(service("shop", &[SHOP]));
+    let daemon = Daemon::start(&base_env(&sim));
+    let port = daemon.health_port();
+    wait_until(EVENTUALLY, "the first sync counted", || {
+        let body = scrape(port).2;
+        value(&body, "ism_up") == Some(1.0) && count(&body, REACTIONS) >= 1.0
+    });
+    let before = scrape(port).2;
+    for series in [RECONCILED_OK, ENTRY_WRITTEN, REGISTERED, CATALOG_READ] {
+        assert!(count(&before, series) >= 1.0, "{series}:\n{before}");
+    }
+
+    // One change: a pass that writes the entry and the registration, timed.
+    sim.add_service(service("cart", &[CART]));
+    wait_until(EVENTUALLY, "cart exposed", || {
+        value(&scrape(port).2, "ism_exposed_services") == Some(2.0)
+    });
+    let mut after = String::new();
+    wait_until(EVENTUALLY, "every counter of the change moved", || {
+        after = scrape(port).2;
+        [
+            RECONCILED_OK,
+            ENTRY_WRITTEN,
+            REGISTERED,
+            REACTIONS,
+            CATALOG_READ,
+        ]
+        .iter()
+        .all(|series| count(&after, series) > count(&before, series))
+    });
+    let reaction =
+        count(&after, "ism_reaction_seconds_sum") - count(&before, "ism_reaction_seconds_sum");
+    assert!(
+        reaction > 0.0 && reaction < 10.0,
+        "the change took {reaction} s to write"
+    );
+    // Nothing failed.
+    for series in [
+        "ism_reconciles_total{result=\"error\"}",
+        "ism_writes_total{kind=\"config_entry\",result=\"error\"}",
+        "ism_writes_total{kind=\"registration\",result=\"error\"}",
+    ] {
+        assert_eq!(count(&after, series), 0.0, "{series}:\n{after}");
+    }
+
+    // Labels are templates and fixed names: no service, gateway or ID, no query.
+    let pairs = labels(&after);
+    assert!(pairs.iter().any(|(name, _)| name == "endpoint"), "{after}");
+    for (name, value) in &pairs {
+        for word in ["shop", "cart", GATEWAY, INGRESS_ID, "?", "=", "&", "%"] {
+            assert!(
+                !value.contains(word) || (name == "version" && word == "="),
+                "label {name}=\"{value}\" holds {word:?}:\n{after}"
+            );
+        }
+        if name == "endpoint" {
+            assert!(
+                value.starts_with("/v1/")
+                    && value.chars().all(|c| c.is_ascii_lowercase()
+                        || c.is_ascii_digit()
+                        || "/{}-".contains(c)),
+                "endpoint {value:?} is not a template:\n{after}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_burst_of_5xx_on_the_catalog_read_counts_and_drops_ism_up_until_recovery() {
+    let sim = sim_http();
+    sim.add_service(service("shop", &[SHOP]));
+    let daemon = Daemon::start(&base_env(&sim));
+    let port = daemon.health_port();
+    wait_until(EVENTUALLY, "ism_up 1", || {
+        value(&scrape(port).2, "ism_up") == Some(1.0)
+    });
+    assert_eq!(count(&scrape(port).2, CATALOG_ERRORS), 0.0);
+
+    sim.inject(Fault {
+        method: Some("GET".into()),
+        path_prefix: "/v1/catalog/services".into(),
+        status: 500,
+        body: "No cluster leader".into(),
+        count: 1_000,
+    });
+    // Wakes the parked catalog query; every read after it fails.
+    sim.add_service(service("cart", &[CART]));
+    wait_until(EVENTUALLY, "catalog errors counted, ism_up 0", || {
+        let body = scrape(port).2;
+        count(&body, CATALOG_ERRORS) >= 2.0 && value(&body, "ism_up") == Some(0.0)
+    });
+    assert_eq!(daemon.health().0, 503);
+    let body = scrape(port).2;
+    let refused = "ism_consul_requests_total{endpoint=\"/v1/catalog/services\",code=\"500\"}";
+    assert!(count(&body, refused) >= 2.0, "{body}");
+    for other in ["service_defaults", "proxy_defaults", "entry"] {
+        let series = format!("ism_watch_errors_total{{watch=\"{other}\"}}");
+        assert_eq!(count(&body, &series), 0.0, "{series}:\n{body}");
+    }
+
+    sim.clear_faults();
+    // The watch's backoff is at most 30 s.
+    wait_until(Duration::from_secs(45), "ism_up 1 with cart", || {
+        let body = scrape(port).2;
+        value(&body, "ism_up") == Some(1.0) && value(&body, "ism_exposed_services") == Some(2.0)
+    });
     assert_eq!(daemon.health().0, 200);
 }
 
