@@ -297,6 +297,63 @@ fn a_burst_of_5xx_on_the_catalog_read_counts_and_drops_ism_up_until_recovery() {
     assert_eq!(daemon.health().0, 200);
 }
 
+/// The Nomad jobs register the daemon's service (the one checking `/health`) with the
+/// `metrics` tag and `meta.metrics_path`, which a Consul-SD Prometheus keeps and follows.
+#[test]
+fn the_nomad_jobs_advertise_metrics_for_consul_discovery() {
+    use hcl::{Block, Body, Expression};
+    fn blocks<'a>(body: &'a Body, name: &'a str) -> impl Iterator<Item = &'a Block> + 'a {
+        body.blocks().filter(move |b| b.identifier() == name)
+    }
+    fn attr<'a>(body: &'a Body, key: &str) -> Option<&'a Expression> {
+        body.attributes().find(|a| a.key() == key).map(|a| a.expr())
+    }
+    fn text(expr: Option<&Expression>) -> Option<&str> {
+        match expr? {
+            Expression::String(s) => Some(s),
+            _ => None,
+        }
+    }
+    for file in [
+        "nomad/ingress-gateway.nomad.hcl",
+        "nomad/api-gateway.nomad.hcl",
+    ] {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(file);
+        let source = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let body: Body = hcl::parse(&source).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let services: Vec<&Block> = blocks(&body, "job")
+            .flat_map(|job| blocks(job.body(), "group"))
+            .flat_map(|group| {
+                blocks(group.body(), "task")
+                    .filter(|t| {
+                        t.labels().first().map(|l| l.as_str()) == Some("ingress-service-monitor")
+                    })
+                    .flat_map(|task| blocks(task.body(), "service"))
+                    .chain(blocks(group.body(), "service"))
+            })
+            .filter(|service| {
+                blocks(service.body(), "check")
+                    .any(|check| text(attr(check.body(), "path")) == Some("/health"))
+            })
+            .collect();
+        assert_eq!(services.len(), 1, "{file}: one service checks /health");
+        let service = services[0].body();
+        let tags: Vec<&str> = match attr(service, "tags") {
+            Some(Expression::Array(items)) => items.iter().filter_map(|e| text(Some(e))).collect(),
+            other => panic!("{file}: tags is {other:?}"),
+        };
+        assert!(tags.contains(&"metrics"), "{file}: tags {tags:?}");
+        let meta = blocks(service, "meta")
+            .next()
+            .unwrap_or_else(|| panic!("{file}: no meta block"));
+        assert_eq!(
+            text(attr(meta.body(), "metrics_path")),
+            Some("/metrics"),
+            "{file}"
+        );
+    }
+}
+
 /// `promtool` from `PROMTOOL_BIN`, else the one on PATH (Debian's `prometheus` package).
 fn promtool() -> String {
     std::env::var("PROMTOOL_BIN").unwrap_or_else(|_| "promtool".into())
