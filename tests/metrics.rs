@@ -1,6 +1,9 @@
 //! `/metrics` of the real binary: the families and the state gauges against the simulator,
-//! the output judged by the real `promtool check metrics`, and a real Prometheus scraping
-//! the daemon on loopback and answering a query with what it scraped.
+//! the counters moving with what the daemon does (a change, a CAS miss, refused writes,
+//! a burst of 500s on the catalog read) with labels that stay bounded, the Nomad jobs
+//! advertising the endpoint, the output judged by the real `promtool check metrics`, and
+//! a real Prometheus scraping the daemon on loopback and answering a query with what it
+//! scraped.
 
 mod common;
 
@@ -14,7 +17,7 @@ use common::*;
 use consul_sim::Fault;
 use ingress_service_monitor::health::HealthState;
 use ingress_service_monitor::metrics::{render, Metrics, Process, WriteKind, WriteResult};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const SHOP: &str = "gw-traefik.http.routers.shop.rule=Host(`shop.example.com`)";
 const CART: &str = "gw-traefik.http.routers.cart.rule=Host(`cart.example.com`)";
@@ -253,6 +256,49 @@ fn a_change_moves_the_counters_and_labels_stay_bounded() {
             );
         }
     }
+}
+
+#[test]
+fn a_cas_miss_counts_as_a_conflict_then_the_write_after_reading_again() {
+    let sim = sim_http();
+    sim.add_service(service("shop", &[SHOP]));
+    let daemon = Daemon::start(&base_env(&sim));
+    let port = daemon.health_port();
+    wait_until(EVENTUALLY, "ism_up 1", || {
+        value(&scrape(port).2, "ism_up") == Some(1.0)
+    });
+    let conflicts = "ism_writes_total{kind=\"config_entry\",result=\"cas_conflict\"}";
+    let before = scrape(port).2;
+    assert_eq!(count(&before, conflicts), 0.0, "{before}");
+
+    // Another writer changes the entry between the daemon's read and its write.
+    sim.put_config(
+        json!({"Kind": "service-defaults", "Name": "db", "Protocol": "tcp"}),
+        None,
+    )
+    .expect("accepted");
+    let mut theirs = entry(&sim).expect("entry");
+    if let Some(listeners) = theirs["Listeners"].as_array_mut() {
+        listeners.push(json!({"Port": 5432, "Protocol": "tcp", "Services": [{"Name": "db"}]}));
+    }
+    sim.race_next_config_write(theirs)
+        .expect("race entry valid");
+    sim.add_service(service("cart", &[CART]));
+    wait_until(
+        EVENTUALLY,
+        "the miss and the write after it counted",
+        || {
+            let body = scrape(port).2;
+            count(&body, conflicts) == 1.0
+                && count(&body, ENTRY_WRITTEN) > count(&before, ENTRY_WRITTEN)
+                && value(&body, "ism_exposed_services") == Some(2.0)
+        },
+    );
+    assert_eq!(
+        routes(&sim, 5432),
+        [route("db", &[])],
+        "their listener kept"
+    );
 }
 
 #[test]
