@@ -26,12 +26,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::config::{Config, GatewayKind};
+use crate::config::Config;
 use crate::consul::api;
 use crate::consul::client::{Client, Connection, ConsulError};
 use crate::health::{self, HealthState};
 use crate::metrics::Metrics;
-use crate::model::{Catalog, Entries, Protocols};
+use crate::model::{Catalog, Entries, Kind, Protocols};
 use crate::plan::{self, PlanSettings, Snapshot};
 use crate::reconcile::diff::{self, Observed, Op, Stamping};
 use crate::reconcile::inputs::Inputs;
@@ -52,12 +52,6 @@ pub const EXIT_CONFIG: u8 = 2;
 
 /// Entry point after configuration: `--dry-run`, or the daemon until a signal.
 pub async fn main(config: Config, dry_run: bool) -> u8 {
-    if let Some(problem) = not_built_yet(&config) {
-        // Refused rather than ignored: an operator who asked for an API gateway must not
-        // get an ingress-gateway entry written instead.
-        tracing::error!("{problem}");
-        return EXIT_CONFIG;
-    }
     let client = match Client::new(&config.consul) {
         Ok(client) => client,
         Err(message) => {
@@ -90,17 +84,6 @@ pub async fn main(config: Config, dry_run: bool) -> u8 {
         Err(err) => tracing::warn!("serving /health on an unknown address: {err}"),
     }
     run(Arc::new(config), client, listener, shutdown).await
-}
-
-/// Settings the configuration accepts whose backend this build does not have yet.
-fn not_built_yet(config: &Config) -> Option<&'static str> {
-    if config.gateway_kind == GatewayKind::Api {
-        return Some("CONSULGATEWAY=api: the API-gateway backend is not in this release yet; use CONSULGATEWAY=ingress");
-    }
-    if config.set_intentions {
-        return Some("SETINTENTIONS=true: managing intentions is not in this release yet; unset it or set false");
-    }
-    None
 }
 
 /// Runs until `shutdown` completes, then stops the reconciler and deregisters the
@@ -178,7 +161,10 @@ async fn deregister(client: &Client, id: &str, deadline: Instant) -> u8 {
             EXIT_OK
         }
         Ok(true) => {
-            tracing::info!(service_id = id, "deregistered the ingress service; the ingress-gateway config entry is left in place");
+            tracing::info!(
+                service_id = id,
+                "deregistered the ingress service; the gateway's config entries are left in place"
+            );
             EXIT_OK
         }
         Err(err) => {
@@ -229,6 +215,12 @@ async fn dry_run(config: &Config, client: &Client) -> u8 {
     let output = json!({
         "registration": api::registration_json(&desired.registration),
         "config_entry": desired.entry(&key).map(|entry| &entry.body),
+        "routes": desired
+            .entries
+            .iter()
+            .filter(|entry| entry.key.kind == Kind::HttpRoute)
+            .map(|entry| &entry.body)
+            .collect::<Vec<_>>(),
         "create_service_defaults": desired.service_defaults_to_create().collect::<Vec<_>>(),
         "services_exposed": desired.exposed_services,
         "warnings": desired.warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),

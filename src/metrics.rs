@@ -79,8 +79,9 @@ impl WriteKind {
     pub fn of_entry(kind: Kind) -> WriteKind {
         match kind {
             Kind::ServiceDefaults => WriteKind::ServiceDefaults,
-            Kind::IngressGateway => WriteKind::ConfigEntry,
+            Kind::IngressGateway | Kind::ApiGateway => WriteKind::ConfigEntry,
             Kind::HttpRoute => WriteKind::Route,
+            Kind::ServiceIntentions => WriteKind::Intentions,
         }
     }
 
@@ -923,6 +924,14 @@ process_start_time_seconds 1699999000.5
             WriteKind::ServiceDefaults
         );
         assert_eq!(WriteKind::of_entry(Kind::HttpRoute), WriteKind::Route);
+        assert_eq!(
+            WriteKind::of_entry(Kind::ApiGateway),
+            WriteKind::ConfigEntry
+        );
+        assert_eq!(
+            WriteKind::of_entry(Kind::ServiceIntentions),
+            WriteKind::Intentions
+        );
         assert_eq!(WriteResult::of_cas::<()>(&Ok(true)), WriteResult::Ok);
         assert_eq!(
             WriteResult::of_cas::<()>(&Ok(false)),

@@ -28,6 +28,9 @@ pub const MAX_META: usize = 64;
 /// (a flap that would briefly undo a route for everyone).
 pub const CATALOG_INDEX_META: &str = "ingress-service-monitor-catalog-index";
 
+/// Meta key naming the gateway a whole-owned entry (a route) belongs to.
+pub const GATEWAY_META: &str = "ingress-service-monitor-gateway";
+
 /// Keys Consul writes itself: never part of a desired entry, ignored when comparing.
 pub const CONSUL_OWNED_KEYS: [&str; 4] = ["CreateIndex", "ModifyIndex", "Hash", "Status"];
 
@@ -105,7 +108,9 @@ impl fmt::Display for Warning {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
     ServiceDefaults,
+    ServiceIntentions,
     IngressGateway,
+    ApiGateway,
     HttpRoute,
 }
 
@@ -113,7 +118,9 @@ impl Kind {
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::ServiceDefaults => "service-defaults",
+            Kind::ServiceIntentions => "service-intentions",
             Kind::IngressGateway => "ingress-gateway",
+            Kind::ApiGateway => "api-gateway",
             Kind::HttpRoute => "http-route",
         }
     }
@@ -122,7 +129,7 @@ impl Kind {
     pub fn ownership(self) -> Ownership {
         match self {
             Kind::ServiceDefaults => Ownership::CreateOnly,
-            Kind::IngressGateway => Ownership::Part,
+            Kind::ServiceIntentions | Kind::IngressGateway | Kind::ApiGateway => Ownership::Part,
             Kind::HttpRoute => Ownership::Whole,
         }
     }

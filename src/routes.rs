@@ -2,9 +2,19 @@
 //!
 //! A tag gives zero or more [`RouteGroup`]s: a set of hostnames (empty = every host)
 //! with the [`Match`]es served on them and an optional path rewrite. Hostnames live on
-//! the route, not on a match, so alternatives with different host sets become
-//! different groups, hence different http-routes; alternatives sharing a host set are
-//! several matches of one rule.
+//! the route, not on a match, so matches served on different host sets become
+//! different groups, hence different http-routes; matches sharing a host set are
+//! several matches of one rule. The groups are a function of the (hostname, match,
+//! rewrite) triples routed, whatever the spelling: each match goes to the group of
+//! exactly the hosts that route it.
+//!
+//! Not carried over: Traefik's router priority. Consul orders the matches of all routes
+//! on a hostname by longer path, then more headers, then more query parameters; Traefik
+//! by rule length (or an explicit priority). Identical (hostname, match) pairs are what
+//! the planner must refuse; overlapping ones resolve the Consul way. A group for every
+//! host (a path without `Host`) serves only hosts no route names: Envoy picks the
+//! virtual host first, so `a.com/y` finds no match if `a.com` has routes but none for
+//! `/y`, where Traefik would fall back to the catch-all router (narrower, never wider).
 //!
 //! Everything here is canonical (sorted, de-duplicated, lower-cased where the protocol is
 //! case-insensitive) so the planner can key conflicts by (hostname or [`ANY_HOST`],
@@ -107,7 +117,8 @@ impl Match {
     }
 }
 
-/// Matches served on a set of hostnames, with an optional path rewrite.
+/// Matches served on a set of hostnames, with an optional path rewrite: one entry of an
+/// http-route's `Rules` on a route whose `Hostnames` are `hostnames`.
 /// Ordered by hostnames, then rewrite, then matches; `matches` is sorted and unique.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RouteGroup {
@@ -173,99 +184,138 @@ pub struct Routes {
 /// What one stripped tag of `service` gives on http-routes. Tags that name no HTTP route
 /// (`traefik.enable=true`, a Fabio `proto=tcp` route) give nothing and no warning.
 pub fn tag_routes(gateway: GatewayType, service: &str, tag: &str) -> Routes {
-    let mut out = Collect {
-        service,
-        tag,
-        groups: BTreeMap::new(),
-        warnings: Vec::new(),
-    };
-    match gateway {
-        GatewayType::Traefik => {
-            if let Some(rule) = traefik::router_rule(tag) {
-                out.traefik(rule);
-            }
-        }
-        GatewayType::Fabio => {
-            if let Some(route) = tags::fabio_route(tag) {
-                out.fabio(&route);
-            }
-        }
-    }
-    out.finish()
+    let mut collect = Collect::new(service, tag);
+    collect.tag(gateway);
+    collect.finish()
 }
 
-/// What all stripped tags of `service` give, merged: groups with the same hostnames and
-/// rewrite become one. A (hostname, match) that two tags route with different rewrites
-/// is kept for the tag that comes first in `tags`, and warned about for the other.
+/// What all stripped tags of `service` give, merged. A (hostname, match) that two tags
+/// route with different rewrites is kept for the tag that comes first in `tags`, and
+/// warned about for the other; the same (hostname, match, rewrite) twice is one.
+///
+/// Traefik: a router whose `middlewares` name a path-changing middleware defined on the
+/// same service (`stripprefix`, `replacepath`, `addprefix`, their regexp forms) has its
+/// alternatives with a path skipped, with a warning: the outer Traefik changes the path
+/// before the gateway sees it, so the gateway's path match would never match.
 pub fn service_routes(gateway: GatewayType, service: &str, tags: &[&str]) -> Routes {
-    let mut merged: BTreeMap<(BTreeSet<String>, Option<String>), BTreeSet<Match>> = BTreeMap::new();
     // (host key, match) → (rewrite, tag) of the first tag that routed it.
     let mut seen: BTreeMap<(String, Match), (Option<String>, &str)> = BTreeMap::new();
     let mut warnings = BTreeSet::new();
+    let path_changers = match gateway {
+        GatewayType::Traefik => path_changing_middlewares(tags),
+        GatewayType::Fabio => BTreeMap::new(),
+    };
     for &tag in tags {
-        let routes = tag_routes(gateway, service, tag);
-        warnings.extend(routes.warnings);
-        for group in routes.groups {
-            let mut kept = BTreeSet::new();
-            for m in &group.matches {
-                let clash = group_hosts(&group).into_iter().find_map(|host| {
-                    match seen.get(&(host.to_owned(), m.clone())) {
-                        Some((rewrite, first)) if *rewrite != group.rewrite => {
-                            Some((host.to_owned(), *first))
-                        }
-                        _ => None,
-                    }
-                });
-                match clash {
-                    Some((host, first)) => {
-                        warnings.insert(RouteWarning {
-                            service: service.to_owned(),
-                            tag: tag.to_owned(),
-                            message: format!(
-                                "{} on host {host} is also routed by tag {first:?} with \
-                                 another rewrite; that tag keeps it",
-                                describe_match(m)
-                            ),
-                        });
-                    }
-                    None => {
-                        kept.insert(m.clone());
-                    }
+        let mut collect = Collect::new(service, tag);
+        if let Some((router, _)) = traefik::router_setting(tag, "rule") {
+            collect.path_changed_by = path_changers.get(&router.to_ascii_lowercase()).cloned();
+        }
+        collect.tag(gateway);
+        warnings.extend(collect.warnings);
+        for (host, m, rewrite) in collect.routed {
+            match seen.get(&(host.clone(), m.clone())) {
+                None => {
+                    seen.insert((host, m), (rewrite, tag));
                 }
-            }
-            for m in &kept {
-                for host in group_hosts(&group) {
-                    seen.entry((host.to_owned(), m.clone()))
-                        .or_insert((group.rewrite.clone(), tag));
+                Some((first_rewrite, _)) if *first_rewrite == rewrite => {}
+                Some((_, first)) => {
+                    warnings.insert(RouteWarning {
+                        service: service.to_owned(),
+                        tag: tag.to_owned(),
+                        message: format!(
+                            "{} on host {host} is also routed by tag {first:?} with another \
+                             rewrite; that tag keeps it",
+                            describe_match(&m)
+                        ),
+                    });
                 }
-            }
-            if !kept.is_empty() {
-                merged
-                    .entry((group.hostnames.clone(), group.rewrite.clone()))
-                    .or_default()
-                    .extend(kept);
             }
         }
     }
     Routes {
-        groups: merged
-            .into_iter()
-            .map(|((hostnames, rewrite), matches)| RouteGroup {
-                hostnames,
-                rewrite,
-                matches: matches.into_iter().collect(),
-            })
-            .collect(),
+        groups: regroup(
+            seen.into_iter()
+                .map(|((host, m), (rewrite, _))| (host, m, rewrite)),
+        ),
         warnings: warnings.into_iter().collect(),
     }
 }
 
-fn group_hosts(group: &RouteGroup) -> Vec<&str> {
-    if group.hostnames.is_empty() {
-        vec![ANY_HOST]
-    } else {
-        group.hostnames.iter().map(String::as_str).collect()
+/// Middleware types that change the request path.
+const PATH_MIDDLEWARES: [&str; 5] = [
+    "stripprefix",
+    "stripprefixregex",
+    "replacepath",
+    "replacepathregex",
+    "addprefix",
+];
+
+/// For each router (lower-cased) of `tags` whose `middlewares` name a path-changing
+/// middleware defined in `tags`: `"<middleware> (<type>)"` of the first one. Names with
+/// another provider's `@suffix` are defined elsewhere and not known here.
+fn path_changing_middlewares(tags: &[&str]) -> BTreeMap<String, String> {
+    let defined: BTreeMap<String, String> = tags
+        .iter()
+        .filter_map(|tag| traefik::middleware_type(tag))
+        .filter(|(_, kind)| PATH_MIDDLEWARES.contains(&kind.as_str()))
+        .map(|(name, kind)| (name.to_ascii_lowercase(), kind))
+        .collect();
+    let mut out = BTreeMap::new();
+    for tag in tags {
+        let Some((router, list)) = traefik::router_setting(tag, "middlewares") else {
+            continue;
+        };
+        let found = list.split(',').find_map(|name| {
+            let name = name.trim();
+            let name = name.strip_suffix("@consulcatalog").unwrap_or(name);
+            let kind = defined.get(&name.to_ascii_lowercase())?;
+            Some(format!("{name} ({kind})"))
+        });
+        if let Some(found) = found {
+            out.entry(router.to_ascii_lowercase()).or_insert(found);
+        }
     }
+    out
+}
+
+/// The canonical groups of a set of (host key, match, rewrite): each match with its
+/// rewrite goes to the group of exactly the hosts that route it, every host
+/// ([`ANY_HOST`]) being a group of its own. So the groups depend only on what is routed,
+/// not on how the tags spell it (`Host(a) || Host(a, b)` is the group {a, b}).
+fn regroup(routed: impl IntoIterator<Item = (String, Match, Option<String>)>) -> Vec<RouteGroup> {
+    let mut hosts_of: BTreeMap<(Match, Option<String>), (bool, BTreeSet<String>)> = BTreeMap::new();
+    for (host, m, rewrite) in routed {
+        let (any, hosts) = hosts_of.entry((m, rewrite)).or_default();
+        if host == ANY_HOST {
+            *any = true;
+        } else {
+            hosts.insert(host);
+        }
+    }
+    let mut groups: BTreeMap<(BTreeSet<String>, Option<String>), Vec<Match>> = BTreeMap::new();
+    for ((m, rewrite), (any, hosts)) in hosts_of {
+        if any {
+            groups
+                .entry((BTreeSet::new(), rewrite.clone()))
+                .or_default()
+                .push(m.clone());
+        }
+        if !hosts.is_empty() {
+            groups.entry((hosts, rewrite)).or_default().push(m);
+        }
+    }
+    groups
+        .into_iter()
+        .map(|((hostnames, rewrite), mut matches)| {
+            matches.sort();
+            matches.dedup();
+            RouteGroup {
+                hostnames,
+                rewrite,
+                matches,
+            }
+        })
+        .collect()
 }
 
 /// `prefix /x, GET, header a=1` for warnings.
@@ -288,15 +338,42 @@ fn describe_match(m: &Match) -> String {
     parts.join(", ")
 }
 
-/// Accumulates one tag's groups and warnings.
+/// Accumulates what one tag routes, as (host key, match, rewrite), and its warnings.
 struct Collect<'a> {
     service: &'a str,
     tag: &'a str,
-    groups: BTreeMap<(BTreeSet<String>, Option<String>), BTreeSet<Match>>,
+    routed: BTreeSet<(String, Match, Option<String>)>,
     warnings: Vec<RouteWarning>,
+    /// The Traefik router's path-changing middleware, if any.
+    path_changed_by: Option<String>,
 }
 
-impl Collect<'_> {
+impl<'a> Collect<'a> {
+    fn new(service: &'a str, tag: &'a str) -> Self {
+        Collect {
+            service,
+            tag,
+            routed: BTreeSet::new(),
+            warnings: Vec::new(),
+            path_changed_by: None,
+        }
+    }
+
+    fn tag(&mut self, gateway: GatewayType) {
+        match gateway {
+            GatewayType::Traefik => {
+                if let Some(rule) = traefik::router_rule(self.tag) {
+                    self.traefik(rule);
+                }
+            }
+            GatewayType::Fabio => {
+                if let Some(route) = tags::fabio_route(self.tag) {
+                    self.fabio(&route);
+                }
+            }
+        }
+    }
+
     fn warn(&mut self, message: String) {
         self.warnings.push(RouteWarning {
             service: self.service.to_owned(),
@@ -305,26 +382,22 @@ impl Collect<'_> {
         });
     }
 
-    fn add(&mut self, hostnames: BTreeSet<String>, rewrite: Option<String>, m: Match) {
-        self.groups
-            .entry((hostnames, rewrite))
-            .or_default()
-            .insert(m);
+    fn add(&mut self, hostnames: &BTreeSet<String>, rewrite: Option<String>, m: Match) {
+        if hostnames.is_empty() {
+            self.routed.insert((ANY_HOST.to_owned(), m, rewrite));
+            return;
+        }
+        for host in hostnames {
+            self.routed
+                .insert((host.clone(), m.clone(), rewrite.clone()));
+        }
     }
 
     fn finish(mut self) -> Routes {
         self.warnings.sort();
         self.warnings.dedup();
         Routes {
-            groups: self
-                .groups
-                .into_iter()
-                .map(|((hostnames, rewrite), matches)| RouteGroup {
-                    hostnames,
-                    rewrite,
-                    matches: matches.into_iter().collect(),
-                })
-                .collect(),
+            groups: regroup(self.routed),
             warnings: self.warnings,
         }
     }
@@ -358,6 +431,13 @@ impl Collect<'_> {
             return Err(format!(
                 "{} cannot be expressed by an http-route ({})",
                 u.matcher, u.reason
+            ));
+        }
+        if let (Some(path), Some(middleware)) = (&branch.path, &self.path_changed_by) {
+            return Err(format!(
+                "the outer Traefik changes the path with middleware {middleware} before the \
+                 gateway sees it, so {path} at the gateway would never match; route the \
+                 path without that middleware"
             ));
         }
         let hostnames = match branch.hosts.split_first() {
@@ -431,7 +511,7 @@ impl Collect<'_> {
             });
         }
         self.add(
-            hostnames,
+            &hostnames,
             None,
             Match {
                 path,
@@ -490,7 +570,7 @@ impl Collect<'_> {
         check_path(&route.path)?;
         for (path, rewrite) in strip_rewrite(&route.path, route.strip.as_deref())? {
             self.add(
-                hostnames.clone(),
+                &hostnames,
                 rewrite,
                 Match {
                     path,
@@ -747,8 +827,14 @@ mod tests {
                 &[],
                 &["alternative Host(`a.com`) && Host(`b.com`) skipped: its Host matchers share no host"],
             ),
-            // Same alternative twice: one match.
+            // Same alternative twice: one match; groups follow what is routed, not spelling.
             ("Host(`a.com`) || Host(`a.com`)", &["a.com -> ^/"], &[]),
+            ("Host(`a.com`) || Host(`a.com`, `b.com`)", &["a.com,b.com -> ^/"], &[]),
+            (
+                "Host(`a.com`) && PathPrefix(`/x`) || Host(`b.com`) && PathPrefix(`/x`) || Host(`b.com`) && PathPrefix(`/y`)",
+                &["a.com,b.com -> ^/x", "b.com -> ^/y"],
+                &[],
+            ),
             // Refused matchers: the alternative is skipped, naming the matcher; others stay.
             (
                 "HostRegexp(`{s:[a-z]+}.a.com`)",
@@ -956,10 +1042,14 @@ mod tests {
             "traefik.http.routers.b.rule=Host(`a.com`) && PathPrefix(`/y`)",
             "traefik.http.routers.c.rule=Host(`b.com`)",
             "traefik.http.routers.d.rule=Host(`a.com`) && PathPrefix(`/x`)",
+            "traefik.http.routers.e.rule=Host(`c.com`) && PathPrefix(`/y`)",
         ];
         let got = service_routes(T, "web", &tags);
         let groups: Vec<String> = got.groups.iter().map(group).collect();
-        assert_eq!(groups, ["a.com -> ^/x; ^/y", "b.com -> ^/"]);
+        assert_eq!(
+            groups,
+            ["a.com -> ^/x", "a.com,c.com -> ^/y", "b.com -> ^/"]
+        );
         assert!(got.warnings.is_empty(), "{:?}", got.warnings);
     }
 
@@ -979,6 +1069,47 @@ mod tests {
         assert!(got.warnings[0].message.contains(
             "prefix /x/ on host a.com is also routed by tag \"urlprefix-a.com/x strip=/x\""
         ));
+    }
+
+    #[test]
+    fn path_changing_middlewares_skip_path_alternatives() {
+        let tags = [
+            "traefik.http.routers.api.rule=Host(`a.com`) && PathPrefix(`/api`) || Host(`b.com`)",
+            "traefik.http.routers.api.middlewares=auth, strip@consulcatalog",
+            "traefik.http.middlewares.strip.stripPrefix.prefixes=/api",
+            "traefik.http.middlewares.auth.basicauth.users=u:p",
+            "traefik.http.routers.web.rule=Host(`a.com`) && PathPrefix(`/web`)",
+            "traefik.http.routers.web.middlewares=auth",
+            "traefik.http.routers.other.rule=Host(`a.com`) && PathPrefix(`/o`)",
+            "traefik.http.routers.other.middlewares=strip@file",
+        ];
+        let got = service_routes(T, "web", &tags);
+        let groups: Vec<String> = got.groups.iter().map(group).collect();
+        // The host-only alternative still routes (prefix / sees every path).
+        assert_eq!(groups, ["a.com -> ^/o; ^/web", "b.com -> ^/"]);
+        assert_eq!(got.warnings.len(), 1, "{:?}", got.warnings);
+        assert_eq!(got.warnings[0].tag, tags[0]);
+        assert!(got.warnings[0].message.contains(
+            "the outer Traefik changes the path with middleware strip (stripprefix) before the \
+             gateway sees it, so PathPrefix(`/api`) at the gateway would never match"
+        ));
+        // One tag alone cannot know about the middleware.
+        assert_eq!(tag_routes(T, "web", tags[0]).groups.len(), 2);
+        for kind in [
+            "stripprefixregex",
+            "replacepath",
+            "ReplacePathRegex",
+            "addPrefix",
+        ] {
+            let tags = [
+                "traefik.http.routers.r.rule=PathPrefix(`/x`)".to_owned(),
+                "traefik.http.routers.r.middlewares=m".to_owned(),
+                format!("traefik.http.middlewares.m.{kind}.x=y"),
+            ];
+            let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
+            let got = service_routes(T, "web", &tags);
+            assert!(got.groups.is_empty(), "{kind}: {:?}", got.groups);
+        }
     }
 
     #[test]
@@ -1102,6 +1233,10 @@ mod tests {
             for (gateway, tag) in [(T, rule(&rule_text)), (F, fabio_tag)] {
                 let got = tag_routes(gateway, "web", &tag);
                 prop_assert!(got.groups.windows(2).all(|w| w[0] < w[1]), "{:?}", got.groups);
+                // Canonical: a (host, match) is in one group only.
+                let keys: Vec<_> = got.groups.iter().flat_map(|g| g.conflict_keys()).collect();
+                let unique: BTreeSet<_> = keys.iter().collect();
+                prop_assert_eq!(unique.len(), keys.len(), "{:?}", got.groups);
                 for g in &got.groups {
                     prop_assert!(!g.matches.is_empty());
                     prop_assert!(g.matches.windows(2).all(|w| w[0] < w[1]), "{:?}", g);

@@ -236,14 +236,22 @@ fn a_change_moves_the_counters_and_labels_stay_bounded() {
         assert_eq!(count(&after, series), 0.0, "{series}:\n{after}");
     }
 
-    // Labels are templates and fixed names: no service, gateway or ID, no query.
-    let pairs = labels(&after);
-    assert!(pairs.iter().any(|(name, _)| name == "endpoint"), "{after}");
+    assert_labels_bounded(&after, &["shop", "cart"]);
+}
+
+/// Labels are templates and fixed names: no service (`services`), gateway or ID name, no
+/// query.
+fn assert_labels_bounded(body: &str, services: &[&str]) {
+    let pairs = labels(body);
+    assert!(pairs.iter().any(|(name, _)| name == "endpoint"), "{body}");
     for (name, value) in &pairs {
-        for word in ["shop", "cart", GATEWAY, INGRESS_ID, "?", "=", "&", "%"] {
+        for word in services
+            .iter()
+            .chain(&[GATEWAY, INGRESS_ID, "?", "=", "&", "%"])
+        {
             assert!(
-                !value.contains(word) || (name == "version" && word == "="),
-                "label {name}=\"{value}\" holds {word:?}:\n{after}"
+                !value.contains(word),
+                "label {name}=\"{value}\" holds {word:?}:\n{body}"
             );
         }
         if name == "endpoint" {
@@ -252,10 +260,64 @@ fn a_change_moves_the_counters_and_labels_stay_bounded() {
                     && value.chars().all(|c| c.is_ascii_lowercase()
                         || c.is_ascii_digit()
                         || "/{}-".contains(c)),
-                "endpoint {value:?} is not a template:\n{after}"
+                "endpoint {value:?} is not a template:\n{body}"
             );
         }
     }
+}
+
+#[test]
+fn api_mode_with_intentions_counts_route_and_intentions_writes_and_watches() {
+    let sim = sim_http();
+    sim.add_service(service("shop", &[SHOP]));
+    let env = with(
+        base_env(&sim),
+        &[("CONSULGATEWAY", "api"), ("SETINTENTIONS", "true")],
+    );
+    let daemon = Daemon::start(&env);
+    let port = daemon.health_port();
+    let routes_written = "ism_writes_total{kind=\"route\",result=\"ok\"}";
+    let intentions_written = "ism_writes_total{kind=\"intentions\",result=\"ok\"}";
+    let listed = "ism_consul_requests_total{endpoint=\"/v1/config/{kind}\",code=\"200\"}";
+    wait_until(EVENTUALLY, "route, intentions and gateway written", || {
+        let body = scrape(port).2;
+        value(&body, "ism_up") == Some(1.0)
+            && [
+                routes_written,
+                intentions_written,
+                ENTRY_WRITTEN,
+                REGISTERED,
+                listed,
+            ]
+            .iter()
+            .all(|series| count(&body, series) >= 1.0)
+    });
+    let body = scrape(port).2;
+    assert_labels_bounded(&body, &["shop"]);
+
+    // Each list watch counts its own failures.
+    for (path, watch) in [
+        ("/v1/config/http-route", "routes"),
+        ("/v1/config/service-intentions", "intentions"),
+    ] {
+        let series = format!("ism_watch_errors_total{{watch=\"{watch}\"}}");
+        assert_eq!(count(&scrape(port).2, &series), 0.0, "{series}");
+        sim.inject(Fault {
+            method: Some("GET".into()),
+            path_prefix: path.into(),
+            status: 500,
+            body: "No cluster leader".into(),
+            count: 2,
+        });
+        // A change wakes the parked list query; the reads after it fail.
+        sim.add_service(service(watch, &[&SHOP.replace("shop", watch)]));
+        wait_until(EVENTUALLY, &format!("{series} counted"), || {
+            count(&scrape(port).2, &series) >= 1.0
+        });
+    }
+    wait_until(Duration::from_secs(45), "ism_up 1 again", || {
+        value(&scrape(port).2, "ism_up") == Some(1.0)
+    });
 }
 
 #[test]

@@ -14,6 +14,8 @@ pub const ACL_NOT_FOUND: &str = "ACL not found";
 #[derive(Debug, Clone, Copy)]
 pub enum Resource<'a> {
     Service(&'a str),
+    /// Intentions whose destination is this service (`service-intentions` entries).
+    Intention(&'a str),
     Node(&'a str),
     Mesh,
     Operator,
@@ -78,6 +80,7 @@ impl Authz {
                     .or_else(|| longest_prefix(rules, name, true))
                     .unwrap_or(Access::Deny)
             }
+            Resource::Intention(name) => intention_level(rules, name),
             Resource::Node(name) => longest_prefix(rules, name, false).unwrap_or(Access::Deny),
             Resource::Mesh => {
                 let mesh = rules.iter().rev().find_map(|r| match r {
@@ -121,6 +124,7 @@ impl Authz {
         };
         let (perm, name) = match resource {
             Resource::Service(n) => (format!("service:{level}"), Some(n)),
+            Resource::Intention(n) => (format!("intention:{level}"), Some(n)),
             Resource::Node(n) => (format!("node:{level}"), Some(n)),
             Resource::Mesh => (format!("mesh:{level}"), None),
             Resource::Operator => (format!("operator:{level}"), None),
@@ -144,6 +148,69 @@ fn operator(rules: &[Rule]) -> Option<Access> {
         Rule::Operator(a) => Some(*a),
         _ => None,
     })
+}
+
+/// Consul's precedence when rules of the same name merge: deny, then write, then read.
+fn stronger(a: Access, b: Access) -> Access {
+    match (a, b) {
+        (Access::Deny, _) | (_, Access::Deny) => Access::Deny,
+        (Access::Write, _) | (_, Access::Write) => Access::Write,
+        _ => Access::Read,
+    }
+}
+
+/// Intention access on `name`: the exact rules of that name if any, else the rules of
+/// the longest matching prefix. Within the chosen name, explicit `intentions` levels
+/// merge, and without one the merged service policy gives read (read or write) or deny.
+fn intention_level(rules: &[Rule], name: &str) -> Access {
+    let exact = |r: &Rule| match r {
+        Rule::Service(n, a) if n == name => Some((false, *a)),
+        Rule::Intentions(n, a) if n == name => Some((true, *a)),
+        _ => None,
+    };
+    let merge = |found: Vec<(bool, Access)>| -> Option<Access> {
+        if found.is_empty() {
+            return None;
+        }
+        let explicit = found
+            .iter()
+            .filter(|(e, _)| *e)
+            .map(|(_, a)| *a)
+            .reduce(stronger);
+        let policy = found
+            .iter()
+            .filter(|(e, _)| !*e)
+            .map(|(_, a)| *a)
+            .reduce(stronger);
+        Some(explicit.unwrap_or(match policy {
+            Some(Access::Read | Access::Write) => Access::Read,
+            _ => Access::Deny,
+        }))
+    };
+    if let Some(level) = merge(rules.iter().filter_map(exact).collect()) {
+        return level;
+    }
+    let prefix_of = |r: &Rule| match r {
+        Rule::ServicePrefix(p, a) => Some((p.clone(), false, *a)),
+        Rule::IntentionsPrefix(p, a) => Some((p.clone(), true, *a)),
+        _ => None,
+    };
+    let matching: Vec<(String, bool, Access)> = rules
+        .iter()
+        .filter_map(prefix_of)
+        .filter(|(p, _, _)| name.starts_with(p.as_str()))
+        .collect();
+    let Some(longest) = matching.iter().map(|(p, _, _)| p.len()).max() else {
+        return Access::Deny;
+    };
+    merge(
+        matching
+            .into_iter()
+            .filter(|(p, _, _)| p.len() == longest)
+            .map(|(_, e, a)| (e, a))
+            .collect(),
+    )
+    .unwrap_or(Access::Deny)
 }
 
 /// The rule of the longest matching prefix; on equal length the later rule wins.
@@ -197,6 +264,81 @@ mod tests {
             assert_eq!(a.can_read(Resource::Service(name)), *read, "read {name}");
             assert_eq!(a.can_write(Resource::Service(name)), *write, "write {name}");
         }
+    }
+
+    #[test]
+    fn intention_rules_default_from_the_service_policy_and_exact_beats_prefix() {
+        let cases: Vec<(Vec<Rule>, &str, Access)> = vec![
+            (vec![], "web", Access::Deny),
+            (
+                vec![Rule::ServicePrefix(String::new(), Access::Write)],
+                "web",
+                Access::Read,
+            ),
+            (
+                vec![Rule::ServicePrefix(String::new(), Access::Deny)],
+                "web",
+                Access::Deny,
+            ),
+            (
+                vec![
+                    Rule::ServicePrefix(String::new(), Access::Read),
+                    Rule::IntentionsPrefix(String::new(), Access::Write),
+                ],
+                "web",
+                Access::Write,
+            ),
+            // Order does not matter within one name: the merge picks the stronger.
+            (
+                vec![
+                    Rule::IntentionsPrefix(String::new(), Access::Write),
+                    Rule::ServicePrefix(String::new(), Access::Read),
+                ],
+                "web",
+                Access::Write,
+            ),
+            // The exact service rule without `intentions` leaves read only.
+            (
+                vec![
+                    Rule::ServicePrefix(String::new(), Access::Read),
+                    Rule::IntentionsPrefix(String::new(), Access::Write),
+                    Rule::Service("web".into(), Access::Write),
+                ],
+                "web",
+                Access::Read,
+            ),
+            (
+                vec![
+                    Rule::IntentionsPrefix(String::new(), Access::Write),
+                    Rule::Service("web".into(), Access::Write),
+                    Rule::Intentions("web".into(), Access::Write),
+                ],
+                "web",
+                Access::Write,
+            ),
+            (
+                vec![
+                    Rule::IntentionsPrefix(String::new(), Access::Write),
+                    Rule::IntentionsPrefix("we".into(), Access::Deny),
+                ],
+                "web",
+                Access::Deny,
+            ),
+            (
+                vec![Rule::IntentionsPrefix("api".into(), Access::Write)],
+                "web",
+                Access::Deny,
+            ),
+        ];
+        for (rules, name, want) in cases {
+            let a = authz(rules.clone());
+            assert_eq!(a.level(Resource::Intention(name)), want, "rules {rules:?}");
+        }
+        let accessor = crate::util::uuid_from("s3cret");
+        assert_eq!(
+            authz(vec![]).denied(Resource::Intention("web"), Access::Write),
+            format!("Permission denied: token with AccessorID '{accessor}' lacks permission 'intention:write' on \"web\"")
+        );
     }
 
     #[test]

@@ -51,7 +51,7 @@ pub fn is_known_kind(kind: &str) -> bool {
 
 /// Field types of the schemas.
 #[derive(Clone, Copy)]
-enum T {
+pub(crate) enum T {
     Str,
     Int,
     Bool,
@@ -67,23 +67,25 @@ enum T {
 
 /// When a field appears in rendered output.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Emit {
+pub(crate) enum Emit {
     /// No `omitempty` (or a struct value): always present, zero value when unset.
     Always,
     /// `omitempty` on a value: absent when zero/empty.
     NonZero,
     /// `omitempty` on a pointer: present whenever the client set it.
     IfSet,
+    /// A pointer without `omitempty`: `null` when unset.
+    Null,
 }
 
 #[derive(Clone, Copy)]
-struct F {
+pub(crate) struct F {
     name: &'static str,
     t: T,
     emit: Emit,
 }
 
-const fn f(name: &'static str, t: T, emit: Emit) -> F {
+pub(crate) const fn f(name: &'static str, t: T, emit: Emit) -> F {
     F { name, t, emit }
 }
 
@@ -223,7 +225,7 @@ fn schema(kind: &str) -> Option<&'static [F]> {
         INGRESS => Some(INGRESS_GATEWAY),
         SERVICE_DEFAULTS => Some(SERVICE_DEFAULTS_FIELDS),
         PROXY_DEFAULTS => Some(PROXY_DEFAULTS_FIELDS),
-        _ => None,
+        _ => crate::api_gateway::schema(kind).or_else(|| crate::intentions::schema(kind)),
     }
 }
 
@@ -492,7 +494,7 @@ fn join(path: &str, key: &str) -> String {
 }
 
 /// hashicorp/go-multierror's format.
-fn multierror(errors: &[String]) -> String {
+pub(crate) fn multierror(errors: &[String]) -> String {
     let noun = if errors.len() == 1 {
         "1 error occurred".to_string()
     } else {
@@ -599,18 +601,18 @@ fn json_kind(v: &Value) -> &'static str {
     }
 }
 
-fn str_of<'a>(m: &'a Map<String, Value>, key: &str) -> &'a str {
+pub(crate) fn str_of<'a>(m: &'a Map<String, Value>, key: &str) -> &'a str {
     m.get(key).and_then(Value::as_str).unwrap_or("")
 }
 
-fn objects<'a>(m: &'a Map<String, Value>, key: &str) -> Vec<&'a Map<String, Value>> {
+pub(crate) fn objects<'a>(m: &'a Map<String, Value>, key: &str) -> Vec<&'a Map<String, Value>> {
     m.get(key)
         .and_then(Value::as_array)
         .map(|a| a.iter().filter_map(Value::as_object).collect())
         .unwrap_or_default()
 }
 
-fn strings<'a>(m: &'a Map<String, Value>, key: &str) -> Vec<&'a str> {
+pub(crate) fn strings<'a>(m: &'a Map<String, Value>, key: &str) -> Vec<&'a str> {
     m.get(key)
         .and_then(Value::as_array)
         .map(|a| a.iter().filter_map(Value::as_str).collect())
@@ -643,7 +645,10 @@ pub fn normalize(entry: &mut Entry) {
         }
         PROXY_DEFAULTS if entry.name.is_empty() => entry.name = GLOBAL.to_string(),
         "mesh" if entry.name.is_empty() => entry.name = "mesh".to_string(),
-        _ => {}
+        _ => {
+            crate::api_gateway::normalize(entry);
+            crate::intentions::normalize(entry);
+        }
     }
     entry
         .body
@@ -653,7 +658,7 @@ pub fn normalize(entry: &mut Entry) {
         .insert("Kind".to_string(), Value::String(entry.kind.clone()));
 }
 
-fn validate_meta(body: &Map<String, Value>) -> Result<(), String> {
+pub(crate) fn validate_meta(body: &Map<String, Value>) -> Result<(), String> {
     let Some(meta) = body.get("Meta").and_then(Value::as_object) else {
         return Ok(());
     };
@@ -684,7 +689,7 @@ fn validate_meta(body: &Map<String, Value>) -> Result<(), String> {
 
 const TLS_VERSIONS: &[&str] = &["TLS_AUTO", "TLSv1_0", "TLSv1_1", "TLSv1_2", "TLSv1_3"];
 
-fn validate_tls(tls: Option<&Map<String, Value>>) -> Result<(), String> {
+pub(crate) fn validate_tls(tls: Option<&Map<String, Value>>) -> Result<(), String> {
     let Some(tls) = tls else { return Ok(()) };
     let min = str_of(tls, "TLSMinVersion");
     let max = str_of(tls, "TLSMaxVersion");
@@ -725,7 +730,7 @@ fn sds(tls: Option<&Map<String, Value>>) -> Option<&Map<String, Value>> {
     tls.and_then(|t| t.get("SDS")).and_then(Value::as_object)
 }
 
-fn obj<'a>(m: &'a Map<String, Value>, key: &str) -> Option<&'a Map<String, Value>> {
+pub(crate) fn obj<'a>(m: &'a Map<String, Value>, key: &str) -> Option<&'a Map<String, Value>> {
     m.get(key).and_then(Value::as_object)
 }
 
@@ -878,7 +883,10 @@ pub fn validate(entry: &Entry) -> Result<(), String> {
             }
             validate_meta(&entry.body)
         }
-        _ => Ok(()),
+        _ => {
+            crate::api_gateway::validate(entry)?;
+            crate::intentions::validate(entry)
+        }
     }
 }
 
@@ -911,6 +919,9 @@ fn render_object(fields: &[F], m: &Map<String, Value>) -> Map<String, Value> {
             }
             None if field.emit == Emit::Always => {
                 out.insert(field.name.to_string(), zero(field.t));
+            }
+            None if field.emit == Emit::Null => {
+                out.insert(field.name.to_string(), Value::Null);
             }
             None => {}
         }
@@ -964,9 +975,9 @@ fn is_zero(v: &Value) -> bool {
 pub fn read_resource<'a>(kind: &str, name: &'a str) -> Option<Resource<'a>> {
     match kind {
         PROXY_DEFAULTS | "mesh" => None,
-        SERVICE_DEFAULTS | "service-router" | "service-splitter" | "service-resolver"
-        | "service-intentions" | INGRESS | TERMINATING | "api-gateway" | "http-route"
-        | "tcp-route" => Some(Resource::Service(name)),
+        SERVICE_DEFAULTS | "service-router" | "service-splitter" | "service-resolver" | INGRESS
+        | TERMINATING | "api-gateway" | "bound-api-gateway" => Some(Resource::Service(name)),
+        "service-intentions" => Some(Resource::Intention(name)),
         _ => Some(Resource::Mesh),
     }
 }
@@ -974,8 +985,10 @@ pub fn read_resource<'a>(kind: &str, name: &'a str) -> Option<Resource<'a>> {
 /// Who may write an entry (`CanWrite`).
 pub fn write_resource<'a>(kind: &str, name: &'a str) -> Resource<'a> {
     match kind {
-        SERVICE_DEFAULTS | "service-router" | "service-splitter" | "service-resolver"
-        | "service-intentions" => Resource::Service(name),
+        SERVICE_DEFAULTS | "service-router" | "service-splitter" | "service-resolver" => {
+            Resource::Service(name)
+        }
+        "service-intentions" => Resource::Intention(name),
         "control-plane-request-limit" => Resource::Operator,
         _ => Resource::Mesh,
     }
@@ -993,6 +1006,7 @@ pub fn check_read(authz: &Authz, kind: &str, name: &str) -> Result<(), String> {
 }
 
 pub fn check_write(authz: &Authz, kind: &str, name: &str) -> Result<(), String> {
+    crate::api_gateway::check_controller_only(kind)?;
     authz.require(write_resource(kind, name), Access::Write)
 }
 
@@ -1091,6 +1105,7 @@ pub fn check_graph(view: &View<'_>) -> Result<(), String> {
     let Some((kind, name, proposed)) = view.change else {
         return Ok(());
     };
+    crate::intentions::check_graph(view)?;
     match (kind, proposed) {
         (INGRESS | TERMINATING, Some(body)) => {
             let other = if kind == INGRESS {

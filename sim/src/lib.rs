@@ -10,7 +10,9 @@
 //! order, and calls the handlers. Reads run through `blocking` (index- or hash-based
 //! long polls woken per table); writes go through `state`, which keeps the Raft-like
 //! indexes and reports which tables changed. Config entries are decoded, validated and
-//! rendered by `entries` (with `dns` for host names and the protocol graph checks);
+//! rendered by `entries` (with `dns` for host names and the protocol graph checks;
+//! `api_gateway` adds the API-gateway kinds and the controller task that writes their
+//! Status, `intentions` the service-intentions rules and their L7 protocol check);
 //! agent registrations by `agent`; `filter` is the `filter=` language, `acl` the token
 //! rules and texts, `checks` the HTTP check runner and `pki` the TLS material. The
 //! control methods of [`Sim`] lock the same state the server uses, so a test's change is
@@ -20,12 +22,14 @@
 
 mod acl;
 mod agent;
+mod api_gateway;
 mod blocking;
 mod checks;
 mod dns;
 mod entries;
 mod filter;
 mod http;
+mod intentions;
 mod pki;
 mod server;
 mod state;
@@ -132,6 +136,30 @@ pub enum Rule {
     NodePrefix(String, Access),
     Mesh(Access),
     Operator(Access),
+    /// The `intentions = "<level>"` part of `service "<name>" { ... }`. Without it, a
+    /// `service` rule grants intention read when its policy is read or write, and deny
+    /// when it is deny; rules of the same name merge as Consul merges them (deny beats
+    /// write beats read), and an exact name beats every prefix, so `service "x" { policy =
+    /// "write" }` leaves only intention read on `x` even beside `service_prefix "" {
+    /// intentions = "write" }`.
+    Intentions(String, Access),
+    /// The `intentions = "<level>"` part of `service_prefix "<prefix>" { ... }`.
+    IntentionsPrefix(String, Access),
+}
+
+/// One `Status.Conditions` element, as [`Sim::conditions`] returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Condition {
+    /// `Type`: `Accepted`, `Bound`, `ResolvedRefs`, `Conflicted`.
+    pub kind: String,
+    /// `Status`: `True`, `False`, `Unknown`.
+    pub status: String,
+    pub reason: String,
+    pub message: String,
+    /// `Resource.Name` (the gateway for `Bound`, empty for `Accepted`).
+    pub resource_name: String,
+    /// `Resource.SectionName` (the listener).
+    pub section: String,
 }
 
 /// Fault injection: the next `count` requests matching `method` (any when `None`) and
@@ -255,13 +283,11 @@ impl Sim {
                         return;
                     }
                 };
-                runtime.block_on(server::run(
-                    thread_shared,
-                    addr,
-                    acceptor,
-                    command_rx,
-                    ready_tx,
-                ));
+                runtime.block_on(async move {
+                    // The API-gateway controller lives as long as the server does.
+                    tokio::spawn(api_gateway::run(Arc::clone(&thread_shared)));
+                    server::run(thread_shared, addr, acceptor, command_rx, ready_tx).await
+                });
             });
         let thread = match spawned {
             Ok(t) => t,
@@ -321,10 +347,87 @@ impl Sim {
     pub fn config(&self, kind: &str, name: &str) -> Option<Value> {
         self.shared.lock().entry_json(kind, name)
     }
+    /// The names of every entry of `kind`, sorted.
+    pub fn config_names(&self, kind: &str) -> Vec<String> {
+        let state = self.shared.lock();
+        state
+            .config
+            .keys()
+            .filter(|(k, _)| k == kind)
+            .map(|(_, name)| name.clone())
+            .collect()
+    }
     /// Removes the entry as an operator with full rights would, without the graph
     /// validation a `DELETE` runs (tests use it to create states the API would refuse).
     pub fn delete_config(&self, kind: &str, name: &str) {
         self.mutate(|s| s.delete_entry(kind, name, None, false).1);
+    }
+
+    // --- the API-gateway controller (status of api-gateway, http-route, tcp-route) ---
+    /// Makes the discovery chain of `service` fail to compile with `message` (as a
+    /// foreign `service-resolver` or `service-router` can), or compile again with
+    /// `None`: routes targeting it become `Accepted=False` / `InvalidDiscoveryChain` with
+    /// that message, then unbind. The controller runs as after any change.
+    pub fn set_chain_error(&self, service: &str, message: Option<&str>) {
+        let mut state = self.shared.lock();
+        match message {
+            Some(m) => state
+                .gateways
+                .chain_errors
+                .insert(service.to_string(), m.to_string()),
+            None => state.gateways.chain_errors.remove(service),
+        };
+        state.gateways.touch();
+    }
+    /// How long after a change the controller runs (default 5 ms).
+    pub fn set_gateway_controller_delay(&self, delay: Duration) {
+        self.shared.lock().gateways.delay = delay;
+    }
+    /// Holds the controller (changes wait) or lets it run again.
+    pub fn pause_gateway_controller(&self, paused: bool) {
+        let mut state = self.shared.lock();
+        state.gateways.paused = paused;
+        if !paused && state.gateways.pending() {
+            state.gateways.touch();
+        }
+    }
+    /// Writes the controller made (Status of gateways and routes, bound-api-gateway
+    /// entries). They bump indexes but are not client writes: neither
+    /// [`Sim::state_changing_writes`] nor [`Sim::entry_writes`] count them.
+    pub fn gateway_status_writes(&self) -> u64 {
+        self.shared.lock().gateways.status_writes
+    }
+    /// Whether the controller has no change left to reconcile: its statuses reflect the
+    /// table as it is now.
+    pub fn gateway_controller_idle(&self) -> bool {
+        let state = self.shared.lock();
+        !state.gateways.pending()
+    }
+    /// The `Status.Conditions` of an entry as (Type, Status, Reason, Message,
+    /// Resource.SectionName), in stored order; empty when none or no such entry.
+    pub fn conditions(&self, kind: &str, name: &str) -> Vec<Condition> {
+        let Some(entry) = self.config(kind, name) else {
+            return Vec::new();
+        };
+        let text = |c: &Value, k: &str| c[k].as_str().unwrap_or("").to_string();
+        entry["Status"]["Conditions"]
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .map(|c| Condition {
+                        kind: text(c, "Type"),
+                        status: text(c, "Status"),
+                        reason: text(c, "Reason"),
+                        message: text(c, "Message"),
+                        resource_name: c["Resource"]["Name"].as_str().unwrap_or("").to_string(),
+                        section: c["Resource"]["SectionName"]
+                            .as_str()
+                            .unwrap_or("")
+                            .to_string(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     // --- the local agent ---

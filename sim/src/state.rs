@@ -140,6 +140,8 @@ pub struct State {
     pub next_request_id: u64,
     /// State-changing writes per config entry (kind, name).
     pub entry_writes: HashMap<(String, String), u64>,
+    /// The API-gateway controller's inputs and bookkeeping (see `api_gateway`).
+    pub gateways: crate::api_gateway::Controller,
 }
 
 impl State {
@@ -165,6 +167,7 @@ impl State {
             in_flight: BTreeMap::new(),
             next_request_id: 0,
             entry_writes: HashMap::new(),
+            gateways: crate::api_gateway::Controller::default(),
         };
         // Servers list themselves as the `consul` service.
         let consul = CatalogRow {
@@ -188,7 +191,7 @@ impl State {
         state
     }
 
-    fn bump(&mut self) -> u64 {
+    pub(crate) fn bump(&mut self) -> u64 {
         self.index += 1;
         self.index
     }
@@ -339,6 +342,9 @@ impl State {
     pub fn write_entry(&mut self, entry: &Entry, cas: Option<u64>) -> (WriteOutcome, Changes) {
         let key = (entry.kind.clone(), entry.name.clone());
         let existing = self.config.get(&key);
+        // A client write never sets the controller-written Status: the stored one stays.
+        let carried = crate::api_gateway::keep_stored_status(entry, existing);
+        let entry = carried.as_ref().unwrap_or(entry);
         if let Some(existing) = existing {
             if entries::render(&existing.body, &entry.kind, 0, 0)
                 == entries::render(&entry.body, &entry.kind, 0, 0)
@@ -387,6 +393,7 @@ impl State {
         );
         self.config_index = idx;
         self.writes += 1;
+        self.gateways.touch();
         *self
             .entry_writes
             .entry((entry.kind.clone(), entry.name.clone()))
@@ -442,6 +449,7 @@ impl State {
         self.config.remove(&key);
         self.config_index = self.bump();
         self.writes += 1;
+        self.gateways.touch();
         (
             WriteOutcome::Done {
                 reply: true,

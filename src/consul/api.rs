@@ -13,7 +13,7 @@ use crate::consul::client::{
     percent_encode, ApiPath, Connection, ConsulError, ErrorKind, Response, REQUEST_TIMEOUT,
 };
 use crate::consul::wire;
-use crate::model::{Body, Catalog, EntryKey, Registration};
+use crate::model::{Body, Catalog, EntryKey, Kind, Registration, GATEWAY_META};
 
 // Each path names the template it is counted under in `ism_consul_requests_total`.
 const ENTRY: &str = "/v1/config/{kind}/{name}";
@@ -97,6 +97,43 @@ pub fn decode_entry(response: &Response) -> Result<Option<Body>, String> {
     wire::decode_entry(expect_200(response)?)
         .map(Some)
         .map_err(|e| e.to_string())
+}
+
+/// `/v1/config/<kind>`: every entry of a kind (blocking list).
+pub fn list_path(kind: Kind) -> ApiPath {
+    ApiPath::new("/v1/config/{kind}", format!("/v1/config/{kind}"))
+}
+
+/// `GET /v1/config/http-route` -> the routes that concern `gateway`: those whose Meta
+/// says we wrote them for it, and any whose name we would use (`<gateway>-...`), so a
+/// foreign route under such a name is seen and left alone. Others are dropped while
+/// decoding.
+pub fn decode_routes(response: &Response, gateway: &str) -> Result<BTreeMap<String, Body>, String> {
+    let entries: Vec<Body> =
+        serde_json::from_slice(expect_200(response)?).map_err(|e| e.to_string())?;
+    let prefix = format!("{gateway}-");
+    Ok(entries
+        .into_iter()
+        .filter_map(|entry| {
+            let name = entry.get("Name")?.as_str()?.to_owned();
+            let ours = entry
+                .get("Meta")
+                .and_then(|meta| meta.get(GATEWAY_META))
+                .and_then(Value::as_str)
+                == Some(gateway);
+            (ours || name.starts_with(&prefix)).then_some((name, entry))
+        })
+        .collect())
+}
+
+/// `GET /v1/config/service-intentions` -> every entry, by destination name.
+pub fn decode_intentions(response: &Response) -> Result<BTreeMap<String, Body>, String> {
+    let entries: Vec<Body> =
+        serde_json::from_slice(expect_200(response)?).map_err(|e| e.to_string())?;
+    Ok(entries
+        .into_iter()
+        .filter_map(|entry| Some((entry.get("Name")?.as_str()?.to_owned(), entry)))
+        .collect())
 }
 
 /// Body of `PUT /v1/agent/service/register?replace-existing-checks`:

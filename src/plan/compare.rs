@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::model::{Body, CATALOG_INDEX_META};
+use crate::model::{Body, Kind, CATALOG_INDEX_META};
 
 /// Equality of two entries as Consul sees them: listener/service/host order ignored,
 /// `Hosts` null vs [] vs absent alike, protocol case ignored, and what Consul writes
@@ -16,6 +16,60 @@ use crate::model::{Body, CATALOG_INDEX_META};
 /// the same as comparing canonical forms (see the `normalized` test oracle).
 pub fn entries_equal(a: &Body, b: &Body) -> bool {
     entry_maps_equal(a, b)
+}
+
+/// Equality of two entries of `kind` as Consul sees them (see [`entries_equal`] and
+/// [`struct_equal`]).
+pub fn equal(kind: Kind, a: &Body, b: &Body) -> bool {
+    match kind {
+        Kind::IngressGateway | Kind::ServiceDefaults => entries_equal(a, b),
+        Kind::ApiGateway | Kind::HttpRoute | Kind::ServiceIntentions => struct_equal(a, b),
+    }
+}
+
+/// Equality as Consul's Go structs see it, for the API-gateway kinds, which Consul
+/// answers with every field of its struct (`"Hostname": ""`, `"TLS": {...}` of zero
+/// values, `"Filters": {...}`): a key absent on one side equals a zero value on the
+/// other (`null`, `""`, `0`, `false`, `[]`, `{}` or an object of zero values). List order
+/// counts (Consul keeps it), except that what Consul writes itself and our stamp are
+/// left out as in [`entries_equal`].
+pub fn struct_equal(a: &Body, b: &Body) -> bool {
+    let skipped = ["CreateIndex", "ModifyIndex", "Hash", "Status", "Meta"];
+    let keys = a
+        .keys()
+        .chain(b.keys())
+        .filter(|k| !skipped.contains(&k.as_str()));
+    keys.into_iter()
+        .all(|key| zero_equal(a.get(key), b.get(key)))
+        && meta_equal(a.get("Meta"), b.get("Meta"))
+}
+
+fn is_zero(value: Option<&Value>) -> bool {
+    match value {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(b)) => !b,
+        Some(Value::Number(n)) => n.as_f64() == Some(0.0),
+        Some(Value::String(s)) => s.is_empty(),
+        Some(Value::Array(items)) => items.is_empty(),
+        Some(Value::Object(map)) => map.values().all(|v| is_zero(Some(v))),
+    }
+}
+
+fn zero_equal(a: Option<&Value>, b: Option<&Value>) -> bool {
+    if is_zero(a) && is_zero(b) {
+        return true;
+    }
+    match (a, b) {
+        (Some(Value::Object(a)), Some(Value::Object(b))) => a
+            .keys()
+            .chain(b.keys())
+            .all(|key| zero_equal(a.get(key), b.get(key))),
+        (Some(Value::Array(a)), Some(Value::Array(b))) => {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| zero_equal(Some(x), Some(y)))
+        }
+        (Some(Value::Number(a)), Some(Value::Number(b))) => a.as_f64() == b.as_f64(),
+        (a, b) => a == b,
+    }
 }
 
 /// [`entries_equal`] on JSON values (objects compared as entries).
@@ -190,4 +244,53 @@ fn services_equal(a: &Value, b: &Value) -> bool {
             (Some(a), Some(b)) => a == b,
             _ => false,
         }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn body(value: Value) -> Body {
+        match value {
+            Value::Object(map) => map,
+            _ => Body::new(),
+        }
+    }
+
+    #[test]
+    fn struct_equality_treats_absent_as_zero() {
+        let ours = body(json!({"Kind": "api-gateway", "Name": "edge",
+            "Listeners": [{"Name": "http", "Port": 9997, "Protocol": "http"}],
+            "Meta": {"managed-by": "ingress-service-monitor"}}));
+        let stored = body(json!({"Kind": "api-gateway", "Name": "edge",
+            "Listeners": [{"Name": "http", "Port": 9997, "Protocol": "http", "Hostname": "",
+                "TLS": {"Certificates": null, "MinVersion": "", "MaxVersion": "", "CipherSuites": null}}],
+            "Status": {"Conditions": [{"Type": "Accepted"}]}, "Hash": 123, "ModifyIndex": 9,
+            "Meta": {"managed-by": "ingress-service-monitor", CATALOG_INDEX_META: "4"}}));
+        assert!(struct_equal(&ours, &stored));
+        assert!(struct_equal(&stored, &ours));
+        let differing = [
+            json!({"Listeners": [{"Name": "http", "Port": 9998, "Protocol": "http"}]}),
+            json!({"Listeners": [{"Name": "http", "Port": 9997, "Protocol": "http", "Hostname": "a.example.com"}]}),
+            json!({"Listeners": []}),
+            json!({"Meta": {"managed-by": "ingress-service-monitor", "owner": "x"}}),
+        ];
+        for change in differing {
+            let mut other = stored.clone();
+            other.extend(body(change.clone()));
+            assert!(!struct_equal(&ours, &other), "{change}");
+        }
+    }
+
+    #[test]
+    fn route_lists_keep_their_order() {
+        let a = body(json!({"Hostnames": ["a", "b"]}));
+        let b = body(json!({"Hostnames": ["b", "a"]}));
+        assert!(!struct_equal(&a, &b));
+        assert!(struct_equal(
+            &body(json!({"Hostnames": null})),
+            &body(json!({}))
+        ));
+    }
 }

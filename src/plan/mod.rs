@@ -16,15 +16,17 @@
 //! - [`ingress`]: the `ingress-gateway` entry;
 //! - [`compare`]: order-insensitive equality of entries, as Consul normalises them.
 
+pub mod api_gateway;
 pub mod compare;
 pub mod ingress;
+pub mod intentions;
 pub mod registration;
 
 use std::collections::BTreeSet;
 
 use serde_json::{json, Value};
 
-use crate::config::{host_for_url, Config, GatewayType};
+use crate::config::{host_for_url, Config, GatewayKind, GatewayType};
 use crate::model::{
     Body, Catalog, Entries, EntryKey, Kind, Ownership, Protocols, Registration, Warning, MANAGED_BY,
 };
@@ -32,6 +34,8 @@ use crate::model::{
 /// What the planner needs to know of the configuration, and nothing more.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlanSettings {
+    /// The Consul gateway whose entries are planned.
+    pub gateway_kind: GatewayKind,
     /// The outer proxy reading the ingress service's tags.
     pub outer: GatewayType,
     /// Tag prefix including its trailing `-` (`gw-us-east-`).
@@ -47,12 +51,15 @@ pub struct PlanSettings {
     /// The ingress service's check URL.
     pub check_url: String,
     pub set_service_defaults: bool,
+    /// SETINTENTIONS: allow the gateway in each exposed service's intentions.
+    pub set_intentions: bool,
 }
 
 impl PlanSettings {
     pub fn from_config(config: &Config) -> PlanSettings {
         let check_host = host_for_url(config.ingress_address.as_deref().unwrap_or("127.0.0.1"));
         PlanSettings {
+            gateway_kind: config.gateway_kind,
             outer: config.gateway_type,
             prefix: config.tag_prefix.clone(),
             gateway_name: config.gateway_name.clone(),
@@ -64,12 +71,17 @@ impl PlanSettings {
             ingress_port_grpc: config.ingress_port_grpc,
             check_url: format!("http://{check_host}:{}/ready", config.health_check_port),
             set_service_defaults: config.set_service_defaults,
+            set_intentions: config.set_intentions,
         }
     }
 
     /// The key of the gateway's own config entry.
     pub fn gateway_key(&self) -> EntryKey {
-        EntryKey::new(Kind::IngressGateway, self.gateway_name.as_str())
+        let kind = match self.gateway_kind {
+            GatewayKind::Ingress => Kind::IngressGateway,
+            GatewayKind::Api => Kind::ApiGateway,
+        };
+        EntryKey::new(kind, self.gateway_name.as_str())
     }
 }
 
@@ -110,6 +122,8 @@ pub struct Desired {
     /// Sorted by key. An entry that exists and is not listed is left alone, unless it is
     /// one we own as a whole (then it is deleted).
     pub entries: Vec<DesiredEntry>,
+    /// Entries the planner wants gone (ours, left empty): deleted with CAS.
+    pub deletes: Vec<EntryKey>,
     /// Number of services the gateway's config routes to.
     pub exposed_services: usize,
     /// Sorted.
@@ -136,21 +150,49 @@ pub fn plan(snapshot: &Snapshot<'_>, settings: &PlanSettings) -> Desired {
     let (registration, selected) =
         registration::registration(settings, snapshot.catalog, &mut warnings);
     let gateway_key = settings.gateway_key();
-    let placed = ingress::place_services(settings, snapshot.protocols, &selected, &mut warnings);
-    let mut entries: Vec<DesiredEntry> = placed
-        .create_service_defaults
-        .iter()
-        .map(|name| service_defaults(name))
-        .collect();
     let current = snapshot.entries.get(&gateway_key).copied();
-    if let Some(body) = ingress::desired_entry(settings, current, &placed.listeners) {
-        entries.push(DesiredEntry::new(gateway_key, body));
+    let (mut entries, exposed, create) = match settings.gateway_kind {
+        GatewayKind::Ingress => {
+            let placed =
+                ingress::place_services(settings, snapshot.protocols, &selected, &mut warnings);
+            let gateway = ingress::desired_entry(settings, current, &placed.listeners)
+                .map(|body| DesiredEntry::new(gateway_key, body));
+            let exposed: BTreeSet<String> = placed
+                .listeners
+                .values()
+                .flatten()
+                .map(|(service, _)| service.clone())
+                .collect();
+            (
+                gateway.into_iter().collect::<Vec<_>>(),
+                exposed,
+                placed.create_service_defaults,
+            )
+        }
+        GatewayKind::Api => {
+            let api = api_gateway::plan(
+                settings,
+                snapshot.protocols,
+                &selected,
+                current,
+                &mut warnings,
+            );
+            (api.entries, api.exposed, api.create_service_defaults)
+        }
+    };
+    entries.extend(create.iter().map(|name| service_defaults(name)));
+    let mut deletes = Vec::new();
+    if settings.set_intentions {
+        let planned = intentions::plan(settings, &exposed, snapshot.entries, &mut warnings);
+        entries.extend(planned.entries);
+        deletes = planned.deletes;
     }
     entries.sort_by(|a, b| a.key.cmp(&b.key));
     Desired {
         registration,
         entries,
-        exposed_services: placed.listeners.values().map(Vec::len).sum(),
+        deletes,
+        exposed_services: exposed.len(),
         warnings: warnings.into_sorted(),
     }
 }

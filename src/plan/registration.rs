@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{PlanSettings, Warnings};
-use crate::config::GatewayType;
+use crate::config::{GatewayKind, GatewayType};
 use crate::model::{Catalog, Registration, MANAGED_BY};
 use crate::tags;
 
@@ -42,7 +42,12 @@ pub fn registration<'c>(
         let sorted: BTreeSet<&str> = service_tags.iter().map(String::as_str).collect();
         let mut kept = Vec::new();
         for tag in sorted {
-            let ingress = tags::ingress_tag(settings.outer, tag);
+            let mut ingress = tags::ingress_tag(settings.outer, tag);
+            if settings.gateway_kind == GatewayKind::Api && !traefik {
+                // The gateway's route does the stripping (URLRewrite): Fabio must not
+                // strip first, or the route's prefix never matches.
+                ingress = tags::fabio_tag_without_strip(&ingress);
+            }
             if traefik {
                 let (key, value) = ingress.split_once('=').unwrap_or((&ingress, ""));
                 let lower = key.to_ascii_lowercase();

@@ -24,13 +24,10 @@ use serde_json::Value;
 
 use crate::model::{
     managed_by_us, modify_index, stamp, Body, Entries, EntryKey, Ownership, Registration, Warning,
-    CATALOG_INDEX_META, MAX_META,
+    CATALOG_INDEX_META, GATEWAY_META, MAX_META,
 };
-use crate::plan::compare::entries_equal;
+use crate::plan::compare;
 use crate::plan::{Desired, DesiredEntry};
-
-/// Meta key naming the gateway a whole-owned entry (a route) belongs to.
-pub const GATEWAY_META: &str = "ingress-service-monitor-gateway";
 
 /// One operation on Consul.
 #[derive(Debug, Clone, PartialEq)]
@@ -125,6 +122,18 @@ pub fn diff(desired: Desired, observed: &Observed<'_>, stamping: Stamping) -> Di
             phased.push((op.phase(Ownership::Whole), op));
         }
     }
+    for key in &desired.deletes {
+        if let Some(body) = observed.entries.get(key) {
+            let op = match modify_index(body) {
+                Some(cas) => Op::Delete {
+                    key: key.clone(),
+                    cas,
+                },
+                None => Op::Refresh { key: key.clone() },
+            };
+            phased.push((op.phase(Ownership::Part), op));
+        }
+    }
     // Bodies move into the ops: at 10,000 services an entry is megabytes.
     for entry in desired.entries {
         let ownership = entry.ownership;
@@ -187,7 +196,7 @@ fn entry_op(
         }
         Ownership::Whole | Ownership::Part => {}
     }
-    if entries_equal(&body, current) {
+    if compare::equal(key.kind, &body, current) {
         return None;
     }
     let Some(cas) = modify_index(current) else {
@@ -288,6 +297,8 @@ mod tests {
         ops: Vec<(&'static str, &'static str, u64)>,
         deferred: usize,
         warnings: usize,
+        /// Entries the planner wants gone.
+        deletes: Vec<EntryKey>,
     }
 
     fn case(name: &'static str) -> Case {
@@ -302,6 +313,7 @@ mod tests {
             ops: vec![],
             deferred: 0,
             warnings: 0,
+            deletes: vec![],
         }
     }
 
@@ -313,6 +325,7 @@ mod tests {
                 .iter()
                 .map(|(k, b)| DesiredEntry::new(k.clone(), b.clone()))
                 .collect(),
+            deletes: case.deletes.clone(),
             exposed_services: 0,
             warnings: vec![],
         };
@@ -491,6 +504,18 @@ mod tests {
                     with(gateway(other.clone()), json!({"ModifyIndex": 7})),
                 )],
                 ..case("a shared entry not desired is never deleted")
+            },
+            Case {
+                observed: vec![(
+                    key(Kind::ServiceIntentions, "web"),
+                    body(json!({"Kind": "service-intentions", "ModifyIndex": 8})),
+                )],
+                deletes: vec![
+                    key(Kind::ServiceIntentions, "web"),
+                    key(Kind::ServiceIntentions, "gone"),
+                ],
+                ops: vec![("delete", "web", 8)],
+                ..case("a planned delete of a shared entry: only when it exists")
             },
             Case {
                 registered: None,

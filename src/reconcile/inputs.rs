@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use crate::consul::api;
 use crate::consul::watch::{spawn, Observed};
 use crate::consul::Client;
-use crate::model::{modify_index, Body, Catalog, Entries, EntryKey, Protocols};
+use crate::model::{modify_index, Body, Catalog, Entries, EntryKey, Kind, Protocols};
 use crate::plan::PlanSettings;
 
 /// The receiving ends of the watches, and one wake-up for all of them.
@@ -23,6 +23,10 @@ pub struct Inputs {
     /// The gateway's own entry.
     pub gateway: watch::Receiver<Observed<Option<Body>>>,
     pub gateway_key: EntryKey,
+    /// API gateway only: the http-routes that concern our gateway, by name.
+    pub routes: Option<watch::Receiver<Observed<BTreeMap<String, Body>>>>,
+    /// SETINTENTIONS only: every service-intentions entry, by destination.
+    pub intentions: Option<watch::Receiver<Observed<BTreeMap<String, Body>>>>,
 }
 
 impl Inputs {
@@ -35,6 +39,31 @@ impl Inputs {
         let changed = Arc::new(Notify::new());
         let prefix = settings.prefix.clone();
         let gateway_key = settings.gateway_key();
+        let intentions = settings.set_intentions.then(|| {
+            keep(
+                tasks,
+                spawn(
+                    client,
+                    "watch service-intentions",
+                    api::list_path(Kind::ServiceIntentions),
+                    api::decode_intentions,
+                    changed.clone(),
+                ),
+            )
+        });
+        let routes = (gateway_key.kind == Kind::ApiGateway).then(|| {
+            let gateway = settings.gateway_name.clone();
+            keep(
+                tasks,
+                spawn(
+                    client,
+                    "watch http-route entries",
+                    api::list_path(Kind::HttpRoute),
+                    move |r| api::decode_routes(r, &gateway),
+                    changed.clone(),
+                ),
+            )
+        });
         Inputs {
             catalog: keep(
                 tasks,
@@ -77,6 +106,8 @@ impl Inputs {
                 ),
             ),
             gateway_key,
+            routes,
+            intentions,
             changed,
         }
     }
@@ -91,6 +122,10 @@ impl Inputs {
             && self.service_defaults.borrow().value.is_some()
             && self.proxy_default.borrow().value.is_some()
             && self.gateway.borrow().value.is_some()
+            && [&self.routes, &self.intentions]
+                .into_iter()
+                .flatten()
+                .all(|list| list.borrow().value.is_some())
     }
 
     /// The first problem any watch currently has.
@@ -100,10 +135,35 @@ impl Inputs {
             self.service_defaults.borrow().problem.clone(),
             self.proxy_default.borrow().problem.clone(),
             self.gateway.borrow().problem.clone(),
+            self.routes
+                .as_ref()
+                .and_then(|routes| routes.borrow().problem.clone()),
+            self.intentions
+                .as_ref()
+                .and_then(|list| list.borrow().problem.clone()),
         ]
         .into_iter()
         .flatten()
         .next()
+    }
+
+    /// The watch's `ModifyIndex` of `key` now (None: absent or not watched).
+    pub fn watched_index(&self, key: &EntryKey) -> Option<u64> {
+        if *key == self.gateway_key {
+            let gateway = self.gateway.borrow();
+            return gateway
+                .value
+                .as_ref()
+                .and_then(Option::as_ref)
+                .and_then(modify_index);
+        }
+        let list = match key.kind {
+            Kind::HttpRoute => self.routes.as_ref()?,
+            Kind::ServiceIntentions => self.intentions.as_ref()?,
+            _ => return None,
+        };
+        let list = list.borrow();
+        list.value.as_ref()?.get(&key.name).and_then(modify_index)
     }
 
     pub fn catalog_failing(&self) -> bool {
@@ -155,20 +215,37 @@ impl Overlay {
         }
     }
 
-    /// The entries view: the watch's, overridden where we know newer.
-    pub fn view<'a>(&'a mut self, watched: &[(&EntryKey, Option<&'a Body>)]) -> Entries<'a> {
+    /// The entries view: the watches', overridden where we know newer (including entries
+    /// we created that no watch shows yet).
+    pub fn view<'a>(&'a mut self, watched: &[(EntryKey, Option<&'a Body>)]) -> Entries<'a> {
         for (key, body) in watched {
             self.prune(key, *body);
         }
+        let shown: BTreeSet<&EntryKey> = watched.iter().map(|(key, _)| key).collect();
+        let unseen: Vec<EntryKey> = self
+            .entries
+            .keys()
+            .filter(|key| !shown.contains(key))
+            .cloned()
+            .collect();
+        for key in &unseen {
+            self.prune(key, None);
+        }
         let mut view = Entries::new();
         for (key, body) in watched {
-            let known = self.entries.get(*key);
-            let body = match known {
+            let body = match self.entries.get(key) {
                 Some(known) => known.body.as_ref(),
                 None => *body,
             };
             if let Some(body) = body {
-                view.insert((*key).clone(), body);
+                view.insert(key.clone(), body);
+            }
+        }
+        for (key, known) in &self.entries {
+            if !shown.contains(key) {
+                if let Some(body) = &known.body {
+                    view.insert(key.clone(), body);
+                }
             }
         }
         view
@@ -233,7 +310,7 @@ mod tests {
         let ours = body(json!({"Name": "edge", "Listeners": []}));
         let mut overlay = Overlay::default();
         overlay.learn(key.clone(), modify_index(&old), Some(ours.clone()));
-        let view = overlay.view(&[(&key, Some(&old))]);
+        let view = overlay.view(&[(key.clone(), Some(&old))]);
         assert_eq!(
             view.get(&key).copied(),
             Some(&ours),
@@ -241,13 +318,13 @@ mod tests {
         );
 
         let echoed = body(json!({"Name": "edge", "Listeners": [], "ModifyIndex": 6}));
-        let view = overlay.view(&[(&key, Some(&echoed))]);
+        let view = overlay.view(&[(key.clone(), Some(&echoed))]);
         assert_eq!(
             view.get(&key).copied(),
             Some(&echoed),
             "the watch caught up"
         );
-        let view = overlay.view(&[(&key, Some(&old))]);
+        let view = overlay.view(&[(key.clone(), Some(&old))]);
         assert_eq!(
             view.get(&key).copied(),
             Some(&old),
@@ -261,8 +338,8 @@ mod tests {
         let old = body(json!({"Name": "r", "ModifyIndex": 5}));
         let mut overlay = Overlay::default();
         overlay.learn(key.clone(), modify_index(&old), None);
-        assert!(overlay.view(&[(&key, Some(&old))]).is_empty());
-        assert!(overlay.view(&[(&key, None)]).is_empty());
+        assert!(overlay.view(&[(key.clone(), Some(&old))]).is_empty());
+        assert!(overlay.view(&[(key.clone(), None)]).is_empty());
     }
 
     #[test]

@@ -18,6 +18,7 @@
 pub mod diff;
 pub mod inputs;
 pub mod schedule;
+pub mod status;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -117,7 +118,9 @@ impl Logs {
         self.writes.entry(kind).or_insert_with(|| {
             ProblemLog::new(match kind {
                 Kind::ServiceDefaults => "create service-defaults",
+                Kind::ServiceIntentions => "write service-intentions",
                 Kind::IngressGateway => "write ingress-gateway entry",
+                Kind::ApiGateway => "write api-gateway entry",
                 Kind::HttpRoute => "write http-route entries",
             })
         })
@@ -176,6 +179,8 @@ pub struct Reconciler {
     /// Since when a write has waited for our catalog to catch up with the one an entry
     /// was planned from (see `model::CATALOG_INDEX_META`).
     deferring_since: Option<Instant>,
+    /// When we last wrote each entry: its Status is believed only some time after.
+    last_written: BTreeMap<EntryKey, Instant>,
     report: Report,
     logs: Logs,
     backoff: Backoff,
@@ -201,6 +206,7 @@ impl Reconciler {
             overlay: Overlay::default(),
             registered: None,
             deferring_since: None,
+            last_written: BTreeMap::new(),
             report: Report {
                 health,
                 warnings: BTreeSet::new(),
@@ -285,7 +291,7 @@ impl Reconciler {
     async fn converge(&mut self, wrote: &mut bool) -> Result<Action, ReconcileError> {
         let mut misses = 0;
         loop {
-            let diff = self.plan_and_diff();
+            let (diff, status_recheck) = self.plan_and_diff();
             for newer in &diff.overridden {
                 tracing::info!(
                     theirs = newer.theirs,
@@ -294,7 +300,10 @@ impl Reconciler {
                     newer.key
                 );
             }
-            let action = self.deferral(&diff);
+            let action = match (self.deferral(&diff), status_recheck) {
+                (Action::AwaitChange, Some(after)) => Action::RequeueAfter(after),
+                (action, _) => action,
+            };
             match self.apply(diff.ops, wrote).await? {
                 Applied::Done => return Ok(action),
                 Applied::Replan { cas_miss: None } => {}
@@ -336,7 +345,7 @@ impl Reconciler {
 
     /// Plans from the latest state of every watch and what we know newer, and diffs the
     /// plan against the same view.
-    fn plan_and_diff(&mut self) -> Diff {
+    fn plan_and_diff(&mut self) -> (Diff, Option<Duration>) {
         // A catalog watch that is failing will not catch up: keep deferring rather than
         // write an old view (its error is on /health meanwhile).
         let defer_to_newer = self
@@ -353,8 +362,24 @@ impl Reconciler {
         };
         let catalog = self.inputs.catalog.borrow();
         let gateway = self.inputs.gateway.borrow();
-        let watched = gateway.value.as_ref().and_then(Option::as_ref);
-        let entries = self.overlay.view(&[(&self.inputs.gateway_key, watched)]);
+        let routes = self.inputs.routes.as_ref().map(|routes| routes.borrow());
+        let intentions = self.inputs.intentions.as_ref().map(|list| list.borrow());
+        let mut watched = vec![(
+            self.inputs.gateway_key.clone(),
+            gateway.value.as_ref().and_then(Option::as_ref),
+        )];
+        for (kind, list) in [
+            (Kind::HttpRoute, &routes),
+            (Kind::ServiceIntentions, &intentions),
+        ] {
+            if let Some(Some(list)) = list.as_ref().map(|l| l.value.as_ref()) {
+                watched.extend(
+                    list.iter()
+                        .map(|(name, body)| (EntryKey::new(kind, name.as_str()), Some(body))),
+                );
+            }
+        }
+        let entries = self.overlay.view(&watched);
         let empty = Catalog::new();
         let snapshot = Snapshot {
             catalog: catalog.value.as_ref().unwrap_or(&empty),
@@ -373,16 +398,24 @@ impl Reconciler {
             catalog_index: catalog.index,
             defer_to_newer,
         };
+        let (standing, recheck) =
+            status::status_warnings(&entries, &self.last_written, Instant::now());
         let diff = diff::diff(desired, &observed, stamping);
         warnings.extend(diff.warnings.iter().cloned());
-        drop((catalog, gateway));
+        warnings.extend(standing);
+        drop((catalog, gateway, routes, intentions));
         self.report.warnings(warnings);
-        diff
+        (diff, recheck)
     }
 
     /// Applies `ops` in order, stopping between two when the daemon shuts down.
+    /// Applies `ops` in order, stopping between two when the daemon shuts down. A failed
+    /// intentions write does not stop the others (the gateway's config and the
+    /// registration are kept current whatever the token may do with intentions): the pass
+    /// fails with it at the end.
     async fn apply(&mut self, ops: Vec<Op>, wrote: &mut bool) -> Result<Applied, ReconcileError> {
         let mut created_defaults = false;
+        let mut deferred_error = None;
         for op in ops {
             if *self.stop.borrow() {
                 return Err(ReconcileError::Stopped);
@@ -393,29 +426,38 @@ impl Reconciler {
                 // The gateway's config is planned again with the new protocols.
                 return Ok(Applied::Replan { cas_miss: None });
             }
-            match op {
+            let isolated = op
+                .key()
+                .is_some_and(|key| key.kind == Kind::ServiceIntentions);
+            let outcome = match op {
                 Op::Put { key, body, cas } if key.kind == Kind::ServiceDefaults => {
                     created_defaults |= self.create_defaults(&key, &body, cas).await;
                     *wrote |= created_defaults;
+                    continue;
                 }
-                Op::Put { key, body, cas } => {
-                    if !self.put(&key, body, cas).await? {
-                        return self.refresh(key).await;
-                    }
-                    *wrote = true;
+                Op::Put { key, body, cas } => self
+                    .put(&key, body, cas)
+                    .await
+                    .map(|done| (!done).then_some(key)),
+                Op::Delete { key, cas } => self
+                    .delete(&key, cas)
+                    .await
+                    .map(|done| (!done).then_some(key)),
+                Op::Refresh { key } => Ok(Some(key)),
+                Op::Register(registration) => self.register(registration).await.map(|()| None),
+            };
+            match outcome {
+                Ok(None) => *wrote = true,
+                // A CAS miss, or an entry to learn the index of.
+                Ok(Some(key)) => return self.refresh(key).await,
+                Err(err) if isolated => {
+                    deferred_error.get_or_insert(err);
                 }
-                Op::Delete { key, cas } => {
-                    if !self.delete(&key, cas).await? {
-                        return self.refresh(key).await;
-                    }
-                    *wrote = true;
-                }
-                Op::Refresh { key } => return self.refresh(key).await,
-                Op::Register(registration) => {
-                    self.register(registration).await?;
-                    *wrote = true;
-                }
+                Err(err) => return Err(err),
             }
+        }
+        if let Some(err) = deferred_error {
+            return Err(err);
         }
         Ok(match created_defaults {
             true => Applied::Replan { cas_miss: None },
@@ -425,15 +467,7 @@ impl Reconciler {
 
     /// The watch's `ModifyIndex` of `key` now.
     fn watched_index(&self, key: &EntryKey) -> Option<u64> {
-        if *key != self.inputs.gateway_key {
-            return None;
-        }
-        let gateway = self.inputs.gateway.borrow();
-        gateway
-            .value
-            .as_ref()
-            .and_then(Option::as_ref)
-            .and_then(crate::model::modify_index)
+        self.inputs.watched_index(key)
     }
 
     /// `PUT` with CAS: Ok(false) on a CAS miss.
@@ -447,6 +481,7 @@ impl Reconciler {
                 self.logs.write(key.kind).ok();
                 tracing::info!(gateway = %self.settings.gateway_name, services = self.report.exposed, "wrote {} config entry", key.kind);
                 self.overlay.learn(key.clone(), watched, Some(body));
+                self.last_written.insert(key.clone(), Instant::now());
                 Ok(true)
             }
             Ok(false) => {
@@ -471,6 +506,7 @@ impl Reconciler {
                 self.logs.write(key.kind).ok();
                 tracing::info!(%key, "deleted config entry");
                 self.overlay.learn(key.clone(), watched, None);
+                self.last_written.remove(key);
                 Ok(true)
             }
             Ok(false) => Ok(false),

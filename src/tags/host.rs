@@ -88,3 +88,30 @@ pub fn check_route_hostname(host: &str) -> Result<(), HostProblem> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_route_hostname_table() {
+        let cases: &[(&str, Result<(), HostProblem>)] = &[
+            ("example.com", Ok(())),
+            ("a", Ok(())),
+            ("xn--bcher-kva.example", Ok(())),
+            ("*.example.com", Err(HostProblem::Wildcard)),
+            ("*", Err(HostProblem::Wildcard)),
+            ("a.*.com", Err(HostProblem::Wildcard)),
+            ("*a b", Err(HostProblem::Wildcard)),
+            ("*.a_b", Err(HostProblem::NotDnsName)),
+            ("example.com.", Err(HostProblem::TrailingDot)),
+            ("example.com..", Err(HostProblem::NotDnsName)),
+            ("", Err(HostProblem::NotDnsName)),
+            ("a_b.com", Err(HostProblem::NotDnsName)),
+            ("a.com:80", Err(HostProblem::NotDnsName)),
+        ];
+        for (host, want) in cases {
+            assert_eq!(&check_route_hostname(host), want, "host {host:?}");
+        }
+    }
+}

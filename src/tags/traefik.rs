@@ -23,6 +23,12 @@ pub const MAX_BRANCHES: usize = 64;
 /// The rule expression of a `traefik.http.routers.<router>.rule=<expr>` tag.
 /// Traefik reads label keys case-insensitively, so the key is matched that way too.
 pub(crate) fn router_rule(tag: &str) -> Option<&str> {
+    router_setting(tag, "rule").map(|(_, rule)| rule)
+}
+
+/// `(router, value)` of a `traefik.http.routers.<router>.<setting>=<value>` tag, the key
+/// matched case-insensitively as Traefik does.
+pub(crate) fn router_setting<'t>(tag: &'t str, setting: &str) -> Option<(&'t str, &'t str)> {
     let (key, value) = tag.split_once('=')?;
     let mut parts = key.split('.');
     let fixed = [
@@ -39,8 +45,23 @@ pub(crate) fn router_rule(tag: &str) -> Option<&str> {
     (is(fixed[0], "traefik")
         && is(fixed[1], "http")
         && is(fixed[2], "routers")
-        && is(fixed[4], "rule"))
-    .then_some(value)
+        && is(fixed[4], setting))
+    .then_some((fixed[3], value))
+}
+
+/// `(middleware, type)` of a `traefik.http.middlewares.<name>.<type>[.<option>]=...` tag
+/// (type lower-cased).
+pub(crate) fn middleware_type(tag: &str) -> Option<(&str, String)> {
+    let (key, _) = tag.split_once('=')?;
+    let mut parts = key.split('.');
+    let is = |got: Option<&str>, want: &str| got.is_some_and(|g| g.eq_ignore_ascii_case(want));
+    if !(is(parts.next(), "traefik") && is(parts.next(), "http") && is(parts.next(), "middlewares"))
+    {
+        return None;
+    }
+    let name = parts.next().filter(|n| !n.is_empty())?;
+    let kind = parts.next().filter(|k| !k.is_empty())?;
+    Some((name, kind.to_ascii_lowercase()))
 }
 
 /// Why a Traefik rule gives no host: it does not parse (Traefik would refuse the router).
