@@ -154,6 +154,13 @@ job "api-gateway" {
         name     = "${var.gateway_name}-monitor"
         port     = "health"
         provider = "consul"
+        # /metrics on the same port, advertised the usual way for a Prometheus that
+        # discovers targets through Consul (README, "Metrics").
+        tags = ["metrics"]
+
+        meta {
+          metrics_path = "/metrics"
+        }
 
         check {
           type     = "http"

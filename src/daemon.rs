@@ -30,6 +30,7 @@ use crate::config::Config;
 use crate::consul::api;
 use crate::consul::client::{Client, Connection, ConsulError};
 use crate::health::{self, HealthState};
+use crate::metrics::Metrics;
 use crate::model::{Catalog, Entries, Kind, Protocols};
 use crate::plan::{self, PlanSettings, Snapshot};
 use crate::reconcile::diff::{self, Observed, Op, Stamping};
@@ -102,13 +103,17 @@ pub async fn run(
         "starting"
     );
     let settings = Arc::new(PlanSettings::from_config(&config));
+    // One registry: the client, its watches and the reconciler count, /metrics shows it.
+    let metrics = Metrics::new();
+    let client = client.with_metrics(metrics.clone());
     let (health_tx, health_rx) = watch::channel(HealthState::starting());
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = TaskSet::default();
     let health_stop = stop_rx.clone();
-    tasks.0.push(tokio::spawn(health::serve(
+    tasks.0.push(tokio::spawn(health::serve_with_metrics(
         listener,
         health_rx,
+        metrics,
         async move {
             // /health answers until the process exits; a stopped daemon is not yet gone.
             let _held = health_stop;

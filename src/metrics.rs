@@ -24,7 +24,10 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use tokio::time::Instant;
+
 use crate::health::HealthState;
+use crate::model::Kind;
 
 /// The `Content-Type` of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -72,6 +75,16 @@ impl WriteKind {
         }
     }
 
+    /// What writing a config entry of `kind` changes.
+    pub fn of_entry(kind: Kind) -> WriteKind {
+        match kind {
+            Kind::ServiceDefaults => WriteKind::ServiceDefaults,
+            Kind::IngressGateway | Kind::ApiGateway => WriteKind::ConfigEntry,
+            Kind::HttpRoute => WriteKind::Route,
+            Kind::ServiceIntentions => WriteKind::Intentions,
+        }
+    }
+
     fn index(self) -> usize {
         self as usize
     }
@@ -98,6 +111,15 @@ impl WriteResult {
             WriteResult::Ok => "ok",
             WriteResult::CasConflict => "cas_conflict",
             WriteResult::Error => "error",
+        }
+    }
+
+    /// Consul's answer to a `cas` write or delete: `true` written, `false` a CAS miss.
+    pub fn of_cas<E>(answer: &Result<bool, E>) -> WriteResult {
+        match answer {
+            Ok(true) => WriteResult::Ok,
+            Ok(false) => WriteResult::CasConflict,
+            Err(_) => WriteResult::Error,
         }
     }
 
@@ -227,6 +249,37 @@ impl Metrics {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+}
+
+/// The clock behind `ism_reaction_seconds`: when the change the reconciler is carrying out
+/// arrived, kept across failed passes so the retry that finally writes it counts from
+/// the change, not from the retry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reaction {
+    since: Option<Instant>,
+}
+
+impl Reaction {
+    /// A pass starts; `trigger` is when the first change it acts on arrived (`None` when
+    /// it runs for a requeue or the agent check only). An earlier change not yet carried
+    /// out keeps its own, earlier time.
+    pub fn started(&mut self, trigger: Option<Instant>) {
+        if self.since.is_none() {
+            self.since = trigger;
+        }
+    }
+
+    /// The pass ended at `now`: how long the reaction took, when the pass succeeded and
+    /// wrote something. A pass that succeeded without writing ends the reaction unseen
+    /// (the change did not change the plan, e.g. the echo of our own write); a failed one
+    /// leaves it running.
+    pub fn ended(&mut self, now: Instant, ok: bool, wrote: bool) -> Option<Duration> {
+        if !ok {
+            return None;
+        }
+        let since = self.since.take()?;
+        wrote.then(|| now.saturating_duration_since(since))
     }
 }
 
@@ -809,6 +862,82 @@ process_start_time_seconds 1699999000.5
             s.consul_requests[&("/v1/catalog/services", Code::Status(1000))],
             2
         );
+    }
+
+    #[test]
+    fn reaction_runs_from_the_first_change_to_the_pass_that_wrote_it() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        // (trigger of the pass, offset it ends at, ok, wrote, observed)
+        type Step = (Option<u64>, u64, bool, bool, Option<u64>);
+        let cases: [(&str, &[Step]); 6] = [
+            (
+                "a change written at once",
+                &[(Some(0), 120, true, true, Some(120))],
+            ),
+            (
+                "a change that wrote nothing",
+                &[(Some(0), 5, true, false, None)],
+            ),
+            ("an agent check that wrote", &[(None, 5, true, true, None)]),
+            (
+                "failed, then retried without a new change",
+                &[
+                    (Some(0), 50, false, true, None),
+                    (None, 900, true, true, Some(900)),
+                ],
+            ),
+            (
+                "failed, then a later change: the first one counts",
+                &[
+                    (Some(0), 50, false, false, None),
+                    (Some(400), 450, true, true, Some(450)),
+                ],
+            ),
+            (
+                "each change after a success counts from itself",
+                &[
+                    (Some(0), 100, true, true, Some(100)),
+                    (Some(300), 310, true, true, Some(10)),
+                    (None, 400, true, true, None),
+                ],
+            ),
+        ];
+        for (name, steps) in cases {
+            let mut reaction = Reaction::default();
+            for (i, (trigger, end, ok, wrote, want)) in steps.iter().enumerate() {
+                reaction.started(trigger.map(|t| t0 + ms(t)));
+                let got = reaction.ended(t0 + ms(*end), *ok, *wrote);
+                assert_eq!(got, want.map(ms), "{name}, pass {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn write_kinds_and_results_of_entries_and_cas_answers() {
+        assert_eq!(
+            WriteKind::of_entry(Kind::IngressGateway),
+            WriteKind::ConfigEntry
+        );
+        assert_eq!(
+            WriteKind::of_entry(Kind::ServiceDefaults),
+            WriteKind::ServiceDefaults
+        );
+        assert_eq!(WriteKind::of_entry(Kind::HttpRoute), WriteKind::Route);
+        assert_eq!(
+            WriteKind::of_entry(Kind::ApiGateway),
+            WriteKind::ConfigEntry
+        );
+        assert_eq!(
+            WriteKind::of_entry(Kind::ServiceIntentions),
+            WriteKind::Intentions
+        );
+        assert_eq!(WriteResult::of_cas::<()>(&Ok(true)), WriteResult::Ok);
+        assert_eq!(
+            WriteResult::of_cas::<()>(&Ok(false)),
+            WriteResult::CasConflict
+        );
+        assert_eq!(WriteResult::of_cas(&Err(())), WriteResult::Error);
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! `/metrics` of the real binary: the families and the state gauges against the simulator,
-//! the output judged by the real `promtool check metrics`, and a real Prometheus scraping
-//! the daemon on loopback and answering a query with what it scraped.
+//! the counters moving with what the daemon does (a change, a CAS miss, refused writes,
+//! a burst of 500s on the catalog read) with labels that stay bounded, the Nomad jobs
+//! advertising the endpoint, the output judged by the real `promtool check metrics`, and
+//! a real Prometheus scraping the daemon on loopback and answering a query with what it
+//! scraped.
 
 mod common;
 
@@ -14,7 +17,7 @@ use common::*;
 use consul_sim::Fault;
 use ingress_service_monitor::health::HealthState;
 use ingress_service_monitor::metrics::{render, Metrics, Process, WriteKind, WriteResult};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const SHOP: &str = "gw-traefik.http.routers.shop.rule=Host(`shop.example.com`)";
 const CART: &str = "gw-traefik.http.routers.cart.rule=Host(`cart.example.com`)";
@@ -131,6 +134,15 @@ fn metrics_follow_the_daemon_state() {
         value(&scrape(port).2, "ism_up") == Some(0.0)
     });
     assert_eq!(daemon.health().0, 503);
+    let body = scrape(port).2;
+    let failed = "ism_writes_total{kind=\"config_entry\",result=\"error\"}";
+    assert!(value(&body, failed) >= Some(1.0), "{body}");
+    assert!(
+        value(&body, "ism_reconciles_total{result=\"error\"}") >= Some(1.0),
+        "{body}"
+    );
+    let refused = "ism_consul_requests_total{endpoint=\"/v1/config\",code=\"500\"}";
+    assert!(value(&body, refused) >= Some(1.0), "{body}");
     sim.clear_faults();
     // The backoff after the failures is at most 30 s.
     wait_until(
@@ -142,6 +154,312 @@ fn metrics_follow_the_daemon_state() {
         },
     );
     assert_eq!(daemon.health().0, 200);
+}
+
+/// Every `name="value"` label pair of every sample.
+fn labels(body: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let Some((_, rest)) = line.split_once('{') else {
+            continue;
+        };
+        let Some((inside, _)) = rest.rsplit_once('}') else {
+            continue;
+        };
+        for pair in inside.split("\",") {
+            if let Some((name, value)) = pair.split_once("=\"") {
+                out.push((name.to_string(), value.trim_end_matches('"').to_string()));
+            }
+        }
+    }
+    out
+}
+
+/// The value of `series`, 0 when it is not there (yet).
+fn count(body: &str, series: &str) -> f64 {
+    value(body, series).unwrap_or(0.0)
+}
+
+const RECONCILED_OK: &str = "ism_reconciles_total{result=\"ok\"}";
+const ENTRY_WRITTEN: &str = "ism_writes_total{kind=\"config_entry\",result=\"ok\"}";
+const REGISTERED: &str = "ism_writes_total{kind=\"registration\",result=\"ok\"}";
+const REACTIONS: &str = "ism_reaction_seconds_count";
+const CATALOG_READ: &str =
+    "ism_consul_requests_total{endpoint=\"/v1/catalog/services\",code=\"200\"}";
+const CATALOG_ERRORS: &str = "ism_watch_errors_total{watch=\"catalog\"}";
+
+#[test]
+fn a_change_moves_the_counters_and_labels_stay_bounded() {
+    let sim = sim_http();
+    sim.add_service(service("shop", &[SHOP]));
+    let daemon = Daemon::start(&base_env(&sim));
+    let port = daemon.health_port();
+    wait_until(EVENTUALLY, "the first sync counted", || {
+        let body = scrape(port).2;
+        value(&body, "ism_up") == Some(1.0) && count(&body, REACTIONS) >= 1.0
+    });
+    let before = scrape(port).2;
+    for series in [RECONCILED_OK, ENTRY_WRITTEN, REGISTERED, CATALOG_READ] {
+        assert!(count(&before, series) >= 1.0, "{series}:\n{before}");
+    }
+
+    // One change: a pass that writes the entry and the registration, timed.
+    sim.add_service(service("cart", &[CART]));
+    wait_until(EVENTUALLY, "cart exposed", || {
+        value(&scrape(port).2, "ism_exposed_services") == Some(2.0)
+    });
+    let mut after = String::new();
+    wait_until(EVENTUALLY, "every counter of the change moved", || {
+        after = scrape(port).2;
+        [
+            RECONCILED_OK,
+            ENTRY_WRITTEN,
+            REGISTERED,
+            REACTIONS,
+            CATALOG_READ,
+        ]
+        .iter()
+        .all(|series| count(&after, series) > count(&before, series))
+    });
+    let reaction =
+        count(&after, "ism_reaction_seconds_sum") - count(&before, "ism_reaction_seconds_sum");
+    assert!(
+        reaction > 0.0 && reaction < 10.0,
+        "the change took {reaction} s to write"
+    );
+    // Nothing failed.
+    for series in [
+        "ism_reconciles_total{result=\"error\"}",
+        "ism_writes_total{kind=\"config_entry\",result=\"error\"}",
+        "ism_writes_total{kind=\"registration\",result=\"error\"}",
+    ] {
+        assert_eq!(count(&after, series), 0.0, "{series}:\n{after}");
+    }
+
+    assert_labels_bounded(&after, &["shop", "cart"]);
+}
+
+/// Labels are templates and fixed names: no service (`services`), gateway or ID name, no
+/// query.
+fn assert_labels_bounded(body: &str, services: &[&str]) {
+    let pairs = labels(body);
+    assert!(pairs.iter().any(|(name, _)| name == "endpoint"), "{body}");
+    for (name, value) in &pairs {
+        for word in services
+            .iter()
+            .chain(&[GATEWAY, INGRESS_ID, "?", "=", "&", "%"])
+        {
+            assert!(
+                !value.contains(word),
+                "label {name}=\"{value}\" holds {word:?}:\n{body}"
+            );
+        }
+        if name == "endpoint" {
+            assert!(
+                value.starts_with("/v1/")
+                    && value.chars().all(|c| c.is_ascii_lowercase()
+                        || c.is_ascii_digit()
+                        || "/{}-".contains(c)),
+                "endpoint {value:?} is not a template:\n{body}"
+            );
+        }
+    }
+}
+
+#[test]
+fn api_mode_with_intentions_counts_route_and_intentions_writes_and_watches() {
+    let sim = sim_http();
+    sim.add_service(service("shop", &[SHOP]));
+    let env = with(
+        base_env(&sim),
+        &[("CONSULGATEWAY", "api"), ("SETINTENTIONS", "true")],
+    );
+    let daemon = Daemon::start(&env);
+    let port = daemon.health_port();
+    let routes_written = "ism_writes_total{kind=\"route\",result=\"ok\"}";
+    let intentions_written = "ism_writes_total{kind=\"intentions\",result=\"ok\"}";
+    let listed = "ism_consul_requests_total{endpoint=\"/v1/config/{kind}\",code=\"200\"}";
+    wait_until(EVENTUALLY, "route, intentions and gateway written", || {
+        let body = scrape(port).2;
+        value(&body, "ism_up") == Some(1.0)
+            && [
+                routes_written,
+                intentions_written,
+                ENTRY_WRITTEN,
+                REGISTERED,
+                listed,
+            ]
+            .iter()
+            .all(|series| count(&body, series) >= 1.0)
+    });
+    let body = scrape(port).2;
+    assert_labels_bounded(&body, &["shop"]);
+
+    // Each list watch counts its own failures.
+    for (path, watch) in [
+        ("/v1/config/http-route", "routes"),
+        ("/v1/config/service-intentions", "intentions"),
+    ] {
+        let series = format!("ism_watch_errors_total{{watch=\"{watch}\"}}");
+        assert_eq!(count(&scrape(port).2, &series), 0.0, "{series}");
+        sim.inject(Fault {
+            method: Some("GET".into()),
+            path_prefix: path.into(),
+            status: 500,
+            body: "No cluster leader".into(),
+            count: 2,
+        });
+        // A change wakes the parked list query; the reads after it fail.
+        sim.add_service(service(watch, &[&SHOP.replace("shop", watch)]));
+        wait_until(EVENTUALLY, &format!("{series} counted"), || {
+            count(&scrape(port).2, &series) >= 1.0
+        });
+    }
+    wait_until(Duration::from_secs(45), "ism_up 1 again", || {
+        value(&scrape(port).2, "ism_up") == Some(1.0)
+    });
+}
+
+#[test]
+fn a_cas_miss_counts_as_a_conflict_then_the_write_after_reading_again() {
+    let sim = sim_http();
+    sim.add_service(service("shop", &[SHOP]));
+    let daemon = Daemon::start(&base_env(&sim));
+    let port = daemon.health_port();
+    wait_until(EVENTUALLY, "ism_up 1", || {
+        value(&scrape(port).2, "ism_up") == Some(1.0)
+    });
+    let conflicts = "ism_writes_total{kind=\"config_entry\",result=\"cas_conflict\"}";
+    let before = scrape(port).2;
+    assert_eq!(count(&before, conflicts), 0.0, "{before}");
+
+    // Another writer changes the entry between the daemon's read and its write.
+    sim.put_config(
+        json!({"Kind": "service-defaults", "Name": "db", "Protocol": "tcp"}),
+        None,
+    )
+    .expect("accepted");
+    let mut theirs = entry(&sim).expect("entry");
+    if let Some(listeners) = theirs["Listeners"].as_array_mut() {
+        listeners.push(json!({"Port": 5432, "Protocol": "tcp", "Services": [{"Name": "db"}]}));
+    }
+    sim.race_next_config_write(theirs)
+        .expect("race entry valid");
+    sim.add_service(service("cart", &[CART]));
+    wait_until(
+        EVENTUALLY,
+        "the miss and the write after it counted",
+        || {
+            let body = scrape(port).2;
+            count(&body, conflicts) == 1.0
+                && count(&body, ENTRY_WRITTEN) > count(&before, ENTRY_WRITTEN)
+                && value(&body, "ism_exposed_services") == Some(2.0)
+        },
+    );
+    assert_eq!(
+        routes(&sim, 5432),
+        [route("db", &[])],
+        "their listener kept"
+    );
+}
+
+#[test]
+fn a_burst_of_5xx_on_the_catalog_read_counts_and_drops_ism_up_until_recovery() {
+    let sim = sim_http();
+    sim.add_service(service("shop", &[SHOP]));
+    let daemon = Daemon::start(&base_env(&sim));
+    let port = daemon.health_port();
+    wait_until(EVENTUALLY, "ism_up 1", || {
+        value(&scrape(port).2, "ism_up") == Some(1.0)
+    });
+    assert_eq!(count(&scrape(port).2, CATALOG_ERRORS), 0.0);
+
+    sim.inject(Fault {
+        method: Some("GET".into()),
+        path_prefix: "/v1/catalog/services".into(),
+        status: 500,
+        body: "No cluster leader".into(),
+        count: 1_000,
+    });
+    // Wakes the parked catalog query; every read after it fails.
+    sim.add_service(service("cart", &[CART]));
+    wait_until(EVENTUALLY, "catalog errors counted, ism_up 0", || {
+        let body = scrape(port).2;
+        count(&body, CATALOG_ERRORS) >= 2.0 && value(&body, "ism_up") == Some(0.0)
+    });
+    assert_eq!(daemon.health().0, 503);
+    let body = scrape(port).2;
+    let refused = "ism_consul_requests_total{endpoint=\"/v1/catalog/services\",code=\"500\"}";
+    assert!(count(&body, refused) >= 2.0, "{body}");
+    for other in ["service_defaults", "proxy_defaults", "entry"] {
+        let series = format!("ism_watch_errors_total{{watch=\"{other}\"}}");
+        assert_eq!(count(&body, &series), 0.0, "{series}:\n{body}");
+    }
+
+    sim.clear_faults();
+    // The watch's backoff is at most 30 s.
+    wait_until(Duration::from_secs(45), "ism_up 1 with cart", || {
+        let body = scrape(port).2;
+        value(&body, "ism_up") == Some(1.0) && value(&body, "ism_exposed_services") == Some(2.0)
+    });
+    assert_eq!(daemon.health().0, 200);
+}
+
+/// The Nomad jobs register the daemon's service (the one checking `/health`) with the
+/// `metrics` tag and `meta.metrics_path`, which a Consul-SD Prometheus keeps and follows.
+#[test]
+fn the_nomad_jobs_advertise_metrics_for_consul_discovery() {
+    use hcl::{Block, Body, Expression};
+    fn blocks<'a>(body: &'a Body, name: &'a str) -> impl Iterator<Item = &'a Block> + 'a {
+        body.blocks().filter(move |b| b.identifier() == name)
+    }
+    fn attr<'a>(body: &'a Body, key: &str) -> Option<&'a Expression> {
+        body.attributes().find(|a| a.key() == key).map(|a| a.expr())
+    }
+    fn text(expr: Option<&Expression>) -> Option<&str> {
+        match expr? {
+            Expression::String(s) => Some(s),
+            _ => None,
+        }
+    }
+    for file in [
+        "nomad/ingress-gateway.nomad.hcl",
+        "nomad/api-gateway.nomad.hcl",
+    ] {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(file);
+        let source = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let body: Body = hcl::parse(&source).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let services: Vec<&Block> = blocks(&body, "job")
+            .flat_map(|job| blocks(job.body(), "group"))
+            .flat_map(|group| {
+                blocks(group.body(), "task")
+                    .filter(|t| {
+                        t.labels().first().map(|l| l.as_str()) == Some("ingress-service-monitor")
+                    })
+                    .flat_map(|task| blocks(task.body(), "service"))
+                    .chain(blocks(group.body(), "service"))
+            })
+            .filter(|service| {
+                blocks(service.body(), "check")
+                    .any(|check| text(attr(check.body(), "path")) == Some("/health"))
+            })
+            .collect();
+        assert_eq!(services.len(), 1, "{file}: one service checks /health");
+        let service = services[0].body();
+        let tags: Vec<&str> = match attr(service, "tags") {
+            Some(Expression::Array(items)) => items.iter().filter_map(|e| text(Some(e))).collect(),
+            other => panic!("{file}: tags is {other:?}"),
+        };
+        assert!(tags.contains(&"metrics"), "{file}: tags {tags:?}");
+        let meta = blocks(service, "meta")
+            .next()
+            .unwrap_or_else(|| panic!("{file}: no meta block"));
+        assert_eq!(
+            text(attr(meta.body(), "metrics_path")),
+            Some("/metrics"),
+            "{file}"
+        );
+    }
 }
 
 /// `promtool` from `PROMTOOL_BIN`, else the one on PATH (Debian's `prometheus` package).

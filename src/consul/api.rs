@@ -10,13 +10,17 @@ use hyper::Method;
 use serde_json::{json, Value};
 
 use crate::consul::client::{
-    percent_encode, Connection, ConsulError, ErrorKind, Response, REQUEST_TIMEOUT,
+    percent_encode, ApiPath, Connection, ConsulError, ErrorKind, Response, REQUEST_TIMEOUT,
 };
 use crate::consul::wire;
 use crate::model::{Body, Catalog, EntryKey, Kind, Registration, GATEWAY_META};
 
-pub const SERVICE_DEFAULTS_PATH: &str = "/v1/config/service-defaults";
-pub const PROXY_DEFAULTS_PATH: &str = "/v1/config/proxy-defaults/global";
+// Each path names the template it is counted under in `ism_consul_requests_total`.
+const ENTRY: &str = "/v1/config/{kind}/{name}";
+pub const SERVICE_DEFAULTS_PATH: &ApiPath =
+    &ApiPath::fixed("/v1/config/{kind}", "/v1/config/service-defaults");
+pub const PROXY_DEFAULTS_PATH: &ApiPath =
+    &ApiPath::fixed(ENTRY, "/v1/config/proxy-defaults/global");
 
 /// `METHOD /path`, without the query string: how errors and logs name an endpoint (a
 /// query may carry a filter, never the token, but it is noise).
@@ -48,9 +52,12 @@ pub fn format_duration(d: Duration) -> String {
 /// The catalog watch: only typical services (sidecar proxies copy their parent's tags and
 /// must never be exposed), and not our own ingress service, whose tags are every exposed
 /// tag again (a third of the catalog's bytes at 10,000 services).
-pub fn catalog_path(ingress_service_name: &str) -> String {
+pub fn catalog_path(ingress_service_name: &str) -> ApiPath {
     let filter = format!("ServiceKind == \"\" and ServiceName != \"{ingress_service_name}\"");
-    format!("/v1/catalog/services?filter={}", percent_encode(&filter))
+    ApiPath::new(
+        "/v1/catalog/services",
+        format!("/v1/catalog/services?filter={}", percent_encode(&filter)),
+    )
 }
 
 /// A catalog query with a filter no Consul can parse: Consul that honours `filter=` on
@@ -64,7 +71,8 @@ pub const UI_SERVICES_PATH: &str = "/v1/internal/ui/services";
 
 /// Whether this Consul honours `filter=` on `/v1/catalog/services`.
 pub async fn catalog_filter_honoured(connection: &mut Connection) -> Result<bool, ConsulError> {
-    let response = connection.get(CATALOG_FILTER_PROBE, REQUEST_TIMEOUT).await;
+    let probe = ApiPath::fixed("/v1/catalog/services", CATALOG_FILTER_PROBE);
+    let response = connection.get(probe, REQUEST_TIMEOUT).await;
     match response {
         Ok(response) => Ok(response.status != 200),
         // A refused filter is a 400/500 status: the filter was read.
@@ -113,8 +121,8 @@ pub fn decode_ui_services(response: &Response, prefix: &str, own: &str) -> Resul
 
 /// `/v1/config/<kind>/<name>`. Names are checked at start (`config::check_path_name`)
 /// or come from Consul's own catalog, so they need no escaping.
-pub fn entry_path(key: &EntryKey) -> String {
-    format!("/v1/config/{}/{}", key.kind, key.name)
+pub fn entry_path(key: &EntryKey) -> ApiPath {
+    ApiPath::new(ENTRY, format!("/v1/config/{}/{}", key.kind, key.name))
 }
 
 fn expect_200(response: &Response) -> Result<&[u8], String> {
@@ -151,8 +159,8 @@ pub fn decode_entry(response: &Response) -> Result<Option<Body>, String> {
 }
 
 /// `/v1/config/<kind>`: every entry of a kind (blocking list).
-pub fn list_path(kind: Kind) -> String {
-    format!("/v1/config/{kind}")
+pub fn list_path(kind: Kind) -> ApiPath {
+    ApiPath::new("/v1/config/{kind}", format!("/v1/config/{kind}"))
 }
 
 /// `GET /v1/config/http-route` -> the routes that concern `gateway`: those whose Meta
@@ -246,11 +254,12 @@ pub fn matches_agent(registration: &Registration, agent: &Value) -> bool {
 /// A GET decoded by `decode`; a body that does not decode is an error of that endpoint.
 pub async fn read<T>(
     connection: &mut Connection,
-    path: &str,
+    path: &ApiPath,
     decode: impl Fn(&Response) -> Result<T, String>,
 ) -> Result<T, ConsulError> {
     let response = connection.get(path, REQUEST_TIMEOUT).await?;
-    decode(&response).map_err(|message| decode_error(&endpoint(&Method::GET, path), message))
+    decode(&response)
+        .map_err(|message| decode_error(&endpoint(&Method::GET, path.as_str()), message))
 }
 
 /// `GET /v1/config/<kind>/<name>` (None: it does not exist).
@@ -286,7 +295,10 @@ pub async fn put_entry(
     let text = serde_json::to_vec(body)
         .map_err(|e| decode_error("PUT /v1/config", format!("cannot encode the entry: {e}")))?;
     let response = connection
-        .put(&format!("/v1/config?cas={cas}"), Bytes::from(text))
+        .put(
+            ApiPath::new("/v1/config", format!("/v1/config?cas={cas}")),
+            Bytes::from(text),
+        )
         .await?;
     decode_cas_answer(&response, "PUT /v1/config")
 }
@@ -301,12 +313,12 @@ pub async fn delete_entry(
     let response = connection
         .request(
             Method::DELETE,
-            &format!("{path}?cas={cas}"),
+            ApiPath::new(ENTRY, format!("{}?cas={cas}", path.as_str())),
             None,
             REQUEST_TIMEOUT,
         )
         .await?;
-    decode_cas_answer(&response, &endpoint(&Method::DELETE, &path))
+    decode_cas_answer(&response, &endpoint(&Method::DELETE, path.as_str()))
 }
 
 /// `PUT /v1/agent/service/register?replace-existing-checks`.
@@ -316,7 +328,13 @@ pub async fn register(
 ) -> Result<(), ConsulError> {
     let body = Bytes::from(registration_json(registration).to_string());
     connection
-        .put("/v1/agent/service/register?replace-existing-checks", body)
+        .put(
+            ApiPath::fixed(
+                "/v1/agent/service/register",
+                "/v1/agent/service/register?replace-existing-checks",
+            ),
+            body,
+        )
         .await
         .map(drop)
 }
@@ -328,7 +346,10 @@ pub async fn agent_service(
     id: &str,
 ) -> Result<Option<Value>, ConsulError> {
     let response = connection
-        .get(&format!("/v1/agent/service/{id}"), REQUEST_TIMEOUT)
+        .get(
+            ApiPath::new("/v1/agent/service/{id}", format!("/v1/agent/service/{id}")),
+            REQUEST_TIMEOUT,
+        )
         .await?;
     if response.status == 404 {
         return Ok(None);
@@ -345,7 +366,10 @@ pub async fn deregister(
     id: &str,
     timeout: Duration,
 ) -> Result<bool, ConsulError> {
-    let path = format!("/v1/agent/service/deregister/{id}");
+    let path = ApiPath::new(
+        "/v1/agent/service/deregister/{id}",
+        format!("/v1/agent/service/deregister/{id}"),
+    );
     let response = connection
         .request(Method::PUT, &path, None, timeout)
         .await?;
@@ -393,13 +417,26 @@ mod tests {
     #[test]
     fn paths() {
         assert_eq!(
-            entry_path(&EntryKey::new(Kind::IngressGateway, "edge")),
+            entry_path(&EntryKey::new(Kind::IngressGateway, "edge")).as_str(),
             "/v1/config/ingress-gateway/edge"
         );
         assert_eq!(
-            catalog_path("edge-ingress"),
+            catalog_path("edge-ingress").as_str(),
             "/v1/catalog/services?filter=ServiceKind%20%3D%3D%20%22%22%20and%20ServiceName%20%21%3D%20%22edge-ingress%22"
         );
+        // Counted under templates: never a name or a query.
+        let templates = [
+            (catalog_path("edge-ingress"), "/v1/catalog/services"),
+            (
+                entry_path(&EntryKey::new(Kind::HttpRoute, "shop")),
+                "/v1/config/{kind}/{name}",
+            ),
+            (SERVICE_DEFAULTS_PATH.clone(), "/v1/config/{kind}"),
+            (PROXY_DEFAULTS_PATH.clone(), "/v1/config/{kind}/{name}"),
+        ];
+        for (path, want) in templates {
+            assert_eq!(path.template(), want, "{}", path.as_str());
+        }
     }
 
     #[test]

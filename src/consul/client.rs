@@ -5,6 +5,7 @@
 //! is opened on first use and re-opened after it closes or fails. Timeouts, body limits
 //! and status mapping live here so callers only see [`Response`] or [`ConsulError`].
 
+use std::borrow::Cow;
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
@@ -27,6 +28,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::config::{host_for_url, AgentAddress, ConsulConfig, TlsConfig};
 use crate::consul::api::format_duration;
+use crate::metrics::Metrics;
 
 /// Largest response body accepted; a larger one is an error (logged with the endpoint),
 /// so a runaway response cannot exhaust memory. The largest body the daemon reads is the
@@ -53,6 +55,66 @@ const CONSUL_TOKEN: &str = "x-consul-token";
 #[derive(Clone)]
 pub struct Client {
     shared: Arc<Shared>,
+    /// Where every request is counted (`ism_consul_requests_total`).
+    metrics: Metrics,
+}
+
+/// A request path as [`crate::consul::api`] builds it: what is sent, and the template it
+/// is counted under in `ism_consul_requests_total` (variable parts as placeholders, no
+/// query: `/v1/config/{kind}/{name}`). The template is named where the path is built, so
+/// a metric label never holds a service name, an ID or a query, however the path looks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiPath {
+    template: &'static str,
+    path_and_query: Cow<'static, str>,
+}
+
+impl ApiPath {
+    /// A path with variable parts or a query, counted under `template`.
+    pub fn new(template: &'static str, path_and_query: String) -> ApiPath {
+        ApiPath {
+            template,
+            path_and_query: Cow::Owned(path_and_query),
+        }
+    }
+
+    /// A fixed path, counted under `template`.
+    pub const fn fixed(template: &'static str, path_and_query: &'static str) -> ApiPath {
+        ApiPath {
+            template,
+            path_and_query: Cow::Borrowed(path_and_query),
+        }
+    }
+
+    /// What metrics count this request under.
+    pub fn template(&self) -> &'static str {
+        self.template
+    }
+
+    /// What is sent (before the client adds its prefix and `ns`/`partition`).
+    pub fn as_str(&self) -> &str {
+        &self.path_and_query
+    }
+}
+
+/// A literal path: counted under the literal without its query (a literal holds no
+/// service name, and its query is dropped).
+impl From<&'static str> for ApiPath {
+    fn from(path_and_query: &'static str) -> ApiPath {
+        let template = path_and_query
+            .split_once('?')
+            .map_or(path_and_query, |(path, _)| path);
+        ApiPath {
+            template,
+            path_and_query: Cow::Borrowed(path_and_query),
+        }
+    }
+}
+
+impl From<&ApiPath> for ApiPath {
+    fn from(path: &ApiPath) -> ApiPath {
+        path.clone()
+    }
 }
 
 struct Shared {
@@ -179,7 +241,20 @@ impl Client {
                 token,
                 basic_auth,
             }),
+            // Counted but never served until the daemon hands over the one /metrics shows.
+            metrics: Metrics::new(),
         })
+    }
+
+    /// The same client, counting its requests (and its watches' errors) into `metrics`.
+    pub fn with_metrics(self, metrics: Metrics) -> Client {
+        Client { metrics, ..self }
+    }
+
+    /// The registry this client's requests are counted into; the watches and the
+    /// reconciler count into it too.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// A new lazily-opened connection; `purpose` names it in debug logs.
@@ -368,12 +443,40 @@ pub struct Connection {
 
 impl Connection {
     /// Sends one request and reads the whole response within `timeout`.
-    /// `path_and_query` starts with `/v1/`; the client adds the address's path prefix,
+    /// `path` starts with `/v1/`; the client adds the address's path prefix,
     /// `ns`/`partition` when configured, and the token and basic-auth headers.
     /// A request that fails on a reused connection before any response byte arrived is
     /// retried once on a fresh connection.
     /// Ok for 2xx and 404; any other status is `ErrorKind::Status`.
+    /// Counted once in the client's metrics under the path's template, with the answer's
+    /// status (none when there was no answer).
     pub async fn request(
+        &mut self,
+        method: hyper::Method,
+        path: impl Into<ApiPath>,
+        body: Option<Bytes>,
+        timeout: Duration,
+    ) -> Result<Response, ConsulError> {
+        let path = path.into();
+        let result = self.send(method, path.as_str(), body, timeout).await;
+        let code = match &result {
+            Ok(response) => Some(response.status),
+            Err(ConsulError {
+                kind: ErrorKind::Status { code, .. },
+                ..
+            }) => Some(*code),
+            Err(_) => None,
+        };
+        self.client.metrics.consul_request(path.template(), code);
+        result
+    }
+
+    /// Returns the metrics handle of the client this connection belongs to.
+    pub fn metrics(&self) -> &Metrics {
+        &self.client.metrics
+    }
+
+    async fn send(
         &mut self,
         method: hyper::Method,
         path_and_query: &str,
@@ -401,25 +504,19 @@ impl Connection {
 
     pub async fn get(
         &mut self,
-        path_and_query: &str,
+        path: impl Into<ApiPath>,
         timeout: Duration,
     ) -> Result<Response, ConsulError> {
-        self.request(hyper::Method::GET, path_and_query, None, timeout)
-            .await
+        self.request(hyper::Method::GET, path, None, timeout).await
     }
 
     pub async fn put(
         &mut self,
-        path_and_query: &str,
+        path: impl Into<ApiPath>,
         body: Bytes,
     ) -> Result<Response, ConsulError> {
-        self.request(
-            hyper::Method::PUT,
-            path_and_query,
-            Some(body),
-            REQUEST_TIMEOUT,
-        )
-        .await
+        self.request(hyper::Method::PUT, path, Some(body), REQUEST_TIMEOUT)
+            .await
     }
 
     async fn exchange(
@@ -1351,6 +1448,65 @@ mod tests {
                 .expect("after timeout");
             assert_eq!(&ok.body[..], b"ok");
             assert_eq!(server.connections(), 2);
+        });
+    }
+
+    #[test]
+    fn every_request_is_counted_once_by_template_and_status() {
+        use crate::metrics::Code;
+        use std::collections::BTreeMap;
+        rt().block_on(async {
+            let server = TestServer::start(vec![
+                reply(200, Some(1), "true"),
+                reply(404, Some(1), "Config entry not found"),
+                Step::Close,
+                reply(500, None, "No cluster leader"),
+            ])
+            .await;
+            let metrics = Metrics::new();
+            let client = Client::new(&tcp_config(server.addr))
+                .expect("client")
+                .with_metrics(metrics.clone());
+            let mut conn = client.connection("test");
+            let entry = |name: &str| {
+                ApiPath::new(
+                    "/v1/config/{kind}/{name}",
+                    format!("/v1/config/http-route/{name}?cas=7"),
+                )
+            };
+            conn.get(entry("shop"), REQUEST_TIMEOUT).await.expect("200");
+            conn.get(entry("cart"), REQUEST_TIMEOUT).await.expect("404");
+            // A stale keep-alive connection retried on a new one is still one request.
+            conn.get(
+                "/v1/catalog/services?filter=ServiceName%20%3D%3D%20%22shop%22",
+                REQUEST_TIMEOUT,
+            )
+            .await
+            .expect_err("500");
+            // No answer at all: refused.
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let closed = listener.local_addr().expect("addr");
+            drop(listener);
+            Client::new(&tcp_config(closed))
+                .expect("client")
+                .with_metrics(metrics.clone())
+                .connection("test")
+                .put(
+                    ApiPath::new(
+                        "/v1/agent/service/deregister/{id}",
+                        "/v1/agent/service/deregister/shop-1".into(),
+                    ),
+                    Bytes::new(),
+                )
+                .await
+                .expect_err("refused");
+            let want = BTreeMap::from([
+                (("/v1/config/{kind}/{name}", Code::Status(200)), 1),
+                (("/v1/config/{kind}/{name}", Code::Status(404)), 1),
+                (("/v1/catalog/services", Code::Status(500)), 1),
+                (("/v1/agent/service/deregister/{id}", Code::Error), 1),
+            ]);
+            assert_eq!(metrics.snapshot().consul_requests, want);
         });
     }
 

@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::consul::api::{decode_error, endpoint};
-use crate::consul::client::{Client, Connection, ConsulError, Response, REQUEST_TIMEOUT};
+use crate::consul::client::{ApiPath, Client, Connection, ConsulError, Response, REQUEST_TIMEOUT};
 use crate::consul::retry::{Backoff, ProblemLog};
 
 /// Blocking wait asked of Consul.
@@ -38,7 +38,7 @@ const BUCKET_REFILL: Duration = Duration::from_millis(250);
 
 pub struct BlockingWatch {
     connection: Connection,
-    path_and_query: String,
+    path: ApiPath,
     /// `GET /path`, for errors raised here.
     endpoint: String,
     wait: Duration,
@@ -53,22 +53,23 @@ pub struct BlockingWatch {
 }
 
 impl BlockingWatch {
-    /// `path_and_query` is the endpoint with its own parameters, e.g.
+    /// `path` is the endpoint with its own parameters, e.g.
     /// `/v1/catalog/services?filter=...`; `index`/`wait` are appended.
-    pub fn new(connection: Connection, path_and_query: String) -> BlockingWatch {
-        BlockingWatch::with_wait(connection, path_and_query, WAIT)
+    pub fn new(connection: Connection, path: impl Into<ApiPath>) -> BlockingWatch {
+        BlockingWatch::with_wait(connection, path, WAIT)
     }
 
     /// As [`BlockingWatch::new`] with another blocking wait (tests, short-lived reads).
     pub fn with_wait(
         connection: Connection,
-        path_and_query: String,
+        path: impl Into<ApiPath>,
         wait: Duration,
     ) -> BlockingWatch {
+        let path = path.into();
         BlockingWatch {
-            endpoint: endpoint(&hyper::Method::GET, &path_and_query),
+            endpoint: endpoint(&hyper::Method::GET, path.as_str()),
             connection,
-            path_and_query,
+            path,
             wait,
             index: 0,
             reported: None,
@@ -105,7 +106,8 @@ impl BlockingWatch {
             }
             self.bucket.take().await;
             let (url, timeout) = self.request_target();
-            let response = match self.connection.get(&url, timeout).await {
+            let url = ApiPath::new(self.path.template(), url);
+            let response = match self.connection.get(url, timeout).await {
                 Ok(response) => response,
                 Err(e) => return Err(self.failed(e)),
             };
@@ -146,16 +148,16 @@ impl BlockingWatch {
     fn request_target(&self) -> (String, Duration) {
         if self.index == 0 {
             // Non-blocking: Consul answers at once, so the ordinary timeout applies.
-            return (self.path_and_query.clone(), REQUEST_TIMEOUT);
+            return (self.path.as_str().to_owned(), REQUEST_TIMEOUT);
         }
-        let sep = if self.path_and_query.contains('?') {
+        let sep = if self.path.as_str().contains('?') {
             '&'
         } else {
             '?'
         };
         let url = format!(
             "{}{sep}index={}&wait={}",
-            self.path_and_query,
+            self.path.as_str(),
             self.index,
             go_duration(self.wait)
         );
@@ -197,11 +199,12 @@ impl<T> Default for Observed<T> {
 
 /// Runs a blocking watch of `path` in a task: each answer is decoded, and published only
 /// when the value or the problem changed, then `changed` is notified (one permit: any
-/// number of changes before the reader looks are one wake-up).
+/// number of changes before the reader looks are one wake-up). Each failed read counts
+/// in `ism_watch_errors_total` under [`watch_name`] of `activity`.
 pub fn spawn<T, D>(
     client: &Client,
     activity: &'static str,
-    path: String,
+    path: ApiPath,
     decode: D,
     changed: Arc<Notify>,
 ) -> (watch::Receiver<Observed<T>>, JoinHandle<()>)
@@ -220,7 +223,7 @@ where
 pub async fn run<T, D>(
     connection: Connection,
     activity: &'static str,
-    path: String,
+    path: ApiPath,
     decode: D,
     tx: watch::Sender<Observed<T>>,
     changed: Arc<Notify>,
@@ -228,6 +231,7 @@ pub async fn run<T, D>(
     T: PartialEq,
     D: Fn(&Response) -> Result<T, String>,
 {
+    let (metrics, watch) = (connection.metrics().clone(), watch_name(activity));
     let mut blocking = BlockingWatch::new(connection, path);
     {
         let mut log = ProblemLog::new(activity);
@@ -247,6 +251,7 @@ pub async fn run<T, D>(
                 }
                 Err(err) => {
                     log.failed(&err);
+                    metrics.watch_error(watch);
                     let message = err.to_string();
                     tx.send_if_modified(|observed| {
                         if observed.problem.as_deref() == Some(message.as_str()) {
@@ -262,6 +267,24 @@ pub async fn run<T, D>(
             }
         }
     }
+}
+
+/// The `watch` label of a watch's activity (`"watch catalog services"` -> `"catalog"`):
+/// a fixed, small set whatever the activity's wording, `"other"` for one not known here.
+pub fn watch_name(activity: &str) -> &'static str {
+    // Most specific first: "http-route entries" is about routes, not the gateway's entry.
+    const NAMES: [(&str, &str); 6] = [
+        ("catalog", "catalog"),
+        ("service-defaults", "service_defaults"),
+        ("proxy-defaults", "proxy_defaults"),
+        ("intentions", "intentions"),
+        ("route", "routes"),
+        ("entry", "entry"),
+    ];
+    NAMES
+        .iter()
+        .find(|(word, _)| activity.contains(word))
+        .map_or("other", |(_, name)| name)
 }
 
 /// Consul parses `wait` with Go's `time.ParseDuration`.
@@ -333,10 +356,10 @@ mod tests {
             .expect("runtime")
     }
 
-    async fn watch(script: Vec<Step>, path: &str) -> (TestServer, BlockingWatch) {
+    async fn watch(script: Vec<Step>, path: &'static str) -> (TestServer, BlockingWatch) {
         let server = TestServer::start(script).await;
         let client = Client::new(&tcp_config(server.addr)).expect("client");
-        let watch = BlockingWatch::new(client.connection("test"), path.to_string());
+        let watch = BlockingWatch::new(client.connection("test"), path);
         (server, watch)
     }
 
@@ -520,7 +543,7 @@ mod tests {
         rt().block_on(async {
             let server = TestServer::start(vec![]).await;
             let client = Client::new(&tcp_config(server.addr)).expect("client");
-            let mut w = BlockingWatch::new(client.connection("t"), "/v1/catalog/services".into());
+            let mut w = BlockingWatch::new(client.connection("t"), "/v1/catalog/services");
             assert_eq!(
                 w.request_target(),
                 ("/v1/catalog/services".to_string(), REQUEST_TIMEOUT)
@@ -535,12 +558,29 @@ mod tests {
             );
             let mut short = BlockingWatch::with_wait(
                 client.connection("t"),
-                "/v1/x?a=b".into(),
+                "/v1/x?a=b",
                 Duration::from_millis(1500),
             );
             short.index = 7;
             assert_eq!(short.request_target().0, "/v1/x?a=b&index=7&wait=1500ms");
         });
+    }
+
+    #[test]
+    fn watch_names_are_a_small_fixed_set() {
+        let cases = [
+            ("watch catalog services", "catalog"),
+            ("watch service-defaults", "service_defaults"),
+            ("watch proxy-defaults", "proxy_defaults"),
+            ("watch ingress-gateway entry", "entry"),
+            ("watch api-gateway entry", "entry"),
+            ("watch http-route entries", "routes"),
+            ("watch service-intentions", "intentions"),
+            ("something else", "other"),
+        ];
+        for (activity, want) in cases {
+            assert_eq!(watch_name(activity), want, "{activity}");
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 use crate::consul::api;
 use crate::consul::retry::{Backoff, ProblemLog};
 use crate::consul::watch::{run as watch_loop, spawn, Observed};
+use crate::consul::client::ApiPath;
 use crate::consul::Response;
 use crate::consul::Client;
 use crate::model::{modify_index, Body, Catalog, Entries, EntryKey, Kind, Protocols};
@@ -203,7 +204,7 @@ fn spawn_catalog(
                 path = api::UI_SERVICES_PATH,
                 "this Consul ignores filter= on /v1/catalog/services (Consul 1.8 does): watching the service summary, which names each service's kind, so sidecar proxies, gateways and the ingress service itself still stay out"
             );
-            let path = api::UI_SERVICES_PATH.to_owned();
+            let path = ApiPath::fixed(api::UI_SERVICES_PATH, api::UI_SERVICES_PATH);
             let decode = move |r: &Response| api::decode_ui_services(r, &prefix, &own);
             watch_loop(connection, ACTIVITY, path, decode, tx, changed).await;
         }

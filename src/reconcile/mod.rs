@@ -32,6 +32,7 @@ use crate::consul::api;
 use crate::consul::client::{Connection, ConsulError};
 use crate::consul::retry::{Backoff, ProblemLog};
 use crate::health::HealthState;
+use crate::metrics::{Metrics, Reaction, WriteKind, WriteResult};
 use crate::model::{Body, Catalog, EntryKey, Kind, Registration, Warning};
 use crate::plan::{self, PlanSettings, Snapshot};
 use diff::{Diff, Observed, Op, Stamping};
@@ -184,6 +185,8 @@ pub struct Reconciler {
     logs: Logs,
     backoff: Backoff,
     stop: watch::Receiver<bool>,
+    /// The registry of `connection`'s client: passes, writes and reactions.
+    metrics: Metrics,
 }
 
 impl Reconciler {
@@ -194,7 +197,9 @@ impl Reconciler {
         health: watch::Sender<HealthState>,
         stop: watch::Receiver<bool>,
     ) -> Reconciler {
+        let metrics = connection.metrics().clone();
         Reconciler {
+            metrics,
             settings,
             connection,
             inputs,
@@ -224,9 +229,15 @@ impl Reconciler {
             }
         }
         let mut schedule = Schedule::new(Instant::now());
+        let mut reaction = Reaction::default();
         loop {
+            let trigger = schedule.pending_since();
             if let Some(pass) = schedule.due(Instant::now()) {
+                reaction.started(trigger);
                 let (outcome, wrote) = self.pass(pass).await;
+                if let Some(took) = reaction.ended(Instant::now(), outcome.is_ok(), wrote) {
+                    self.metrics.reaction(took);
+                }
                 let next = match outcome {
                     Ok(action) => {
                         self.backoff.reset();
@@ -271,6 +282,7 @@ impl Reconciler {
             Err(err) => Some(err.to_string()),
             Ok(_) => self.inputs.problem(),
         };
+        self.metrics.reconciled(outcome.is_ok());
         self.report.publish(problem, outcome.is_ok());
         (outcome, wrote)
     }
@@ -461,7 +473,10 @@ impl Reconciler {
     /// `PUT` with CAS: Ok(false) on a CAS miss.
     async fn put(&mut self, key: &EntryKey, body: Body, cas: u64) -> Result<bool, ReconcileError> {
         let watched = self.watched_index(key);
-        match api::put_entry(&mut self.connection, &body, cas).await {
+        let answer = api::put_entry(&mut self.connection, &body, cas).await;
+        let kind = WriteKind::of_entry(key.kind);
+        self.metrics.write(kind, WriteResult::of_cas(&answer));
+        match answer {
             Ok(true) => {
                 self.logs.write(key.kind).ok();
                 tracing::info!(gateway = %self.settings.gateway_name, services = self.report.exposed, "wrote {} config entry", key.kind);
@@ -483,7 +498,10 @@ impl Reconciler {
     /// `DELETE` with CAS: Ok(false) on a CAS miss.
     async fn delete(&mut self, key: &EntryKey, cas: u64) -> Result<bool, ReconcileError> {
         let watched = self.watched_index(key);
-        match api::delete_entry(&mut self.connection, key, cas).await {
+        let answer = api::delete_entry(&mut self.connection, key, cas).await;
+        let kind = WriteKind::of_entry(key.kind);
+        self.metrics.write(kind, WriteResult::of_cas(&answer));
+        match answer {
             Ok(true) => {
                 self.logs.write(key.kind).ok();
                 tracing::info!(%key, "deleted config entry");
@@ -518,8 +536,11 @@ impl Reconciler {
         if self.overlay.defaults_skipped(name) {
             return false;
         }
+        let answer = api::put_entry(&mut self.connection, body, cas).await;
+        let kind = WriteKind::of_entry(key.kind);
+        self.metrics.write(kind, WriteResult::of_cas(&answer));
         let log = self.logs.write(Kind::ServiceDefaults);
-        match api::put_entry(&mut self.connection, body, cas).await {
+        match answer {
             Ok(true) => {
                 log.ok();
                 tracing::info!(service = %name, "created service-defaults with Protocol = \"http\" (SETSERVICEDEFAULTS)");
@@ -540,7 +561,13 @@ impl Reconciler {
     }
 
     async fn register(&mut self, desired: Registration) -> Result<(), ReconcileError> {
-        match api::register(&mut self.connection, &desired).await {
+        let answer = api::register(&mut self.connection, &desired).await;
+        let result = match answer {
+            Ok(()) => WriteResult::Ok,
+            Err(_) => WriteResult::Error,
+        };
+        self.metrics.write(WriteKind::Registration, result);
+        match answer {
             Ok(()) => {
                 self.logs.register.ok();
                 tracing::info!(service_id = %desired.id, tags = desired.tags.len(), "registered ingress service");

@@ -75,6 +75,12 @@ impl Schedule {
         self.pending_since.get_or_insert(now);
     }
 
+    /// When the first change not yet acted on arrived: what the next pass reacts to
+    /// (`ism_reaction_seconds`). Read it before [`Schedule::due`], which clears it.
+    pub fn pending_since(&self) -> Option<Instant> {
+        self.pending_since
+    }
+
     /// When to wake up if nothing changes before.
     pub fn deadline(&self) -> Instant {
         let pending = self
@@ -172,6 +178,23 @@ mod tests {
             "one pass for four changes"
         );
         assert_eq!(s.due(t0 + COOLDOWN_BASE + MS), None);
+    }
+
+    #[test]
+    fn pending_since_is_the_first_change_until_a_pass_acts_on_it() {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(t0);
+        assert!(tick(&mut s, t0, true));
+        assert_eq!(s.pending_since(), None);
+        s.changed(t0 + 10 * MS);
+        s.changed(t0 + 20 * MS);
+        assert_eq!(
+            s.pending_since(),
+            Some(t0 + 10 * MS),
+            "held by the cool-down"
+        );
+        assert!(tick(&mut s, t0 + COOLDOWN_BASE, true));
+        assert_eq!(s.pending_since(), None);
     }
 
     #[test]
