@@ -77,7 +77,9 @@ pub async fn catalog_filter_honoured(connection: &mut Connection) -> Result<bool
         Ok(response) => Ok(response.status != 200),
         // A refused filter is a 400/500 status: the filter was read.
         Err(ConsulError {
-            kind: ErrorKind::Status { code: 400 | 500, .. },
+            kind: ErrorKind::Status {
+                code: 400 | 500, ..
+            },
             ..
         }) => Ok(true),
         Err(err) => Err(err),
@@ -289,6 +291,7 @@ fn decode_cas_answer(response: &Response, endpoint: &str) -> Result<bool, Consul
 /// (`cas=0`: the entry exists already).
 pub async fn put_entry(
     connection: &mut Connection,
+    key: &EntryKey,
     body: &Body,
     cas: u64,
 ) -> Result<bool, ConsulError> {
@@ -299,8 +302,45 @@ pub async fn put_entry(
             ApiPath::new("/v1/config", format!("/v1/config?cas={cas}")),
             Bytes::from(text),
         )
-        .await?;
+        .await
+        .map_err(|err| name_permission(err, || write_permission(key)))?;
     decode_cas_answer(&response, "PUT /v1/config")
+}
+
+/// The permission writing (or deleting) `key` needs.
+pub fn write_permission(key: &EntryKey) -> String {
+    match key.kind {
+        Kind::ServiceDefaults => format!("service:write on {:?}", key.name),
+        Kind::ServiceIntentions => format!("intention:write on {:?}", key.name),
+        Kind::IngressGateway | Kind::ApiGateway | Kind::HttpRoute => {
+            "mesh:write (operator:write on Consul without the mesh ACL resource, such as 1.8)"
+                .into()
+        }
+    }
+}
+
+/// A 403 whose text does not say what was missing (Consul 1.8 answers a bare `Permission
+/// denied`) gains the permission this call needs: the daemon knows which call it made.
+fn name_permission(err: ConsulError, needs: impl FnOnce() -> String) -> ConsulError {
+    match err.kind {
+        ErrorKind::Status { code: 403, message }
+            if !message.contains("lacks permission")
+                && !message.contains("ACL not found")
+                && !message.contains("Access is restricted") =>
+        {
+            ConsulError {
+                endpoint: err.endpoint,
+                kind: ErrorKind::Status {
+                    code: 403,
+                    message: format!("{message} (this call needs {})", needs()),
+                },
+            }
+        }
+        kind => ConsulError {
+            endpoint: err.endpoint,
+            kind,
+        },
+    }
 }
 
 /// `DELETE /v1/config/<kind>/<name>?cas=N`: Ok(true) deleted, Ok(false) CAS miss.
@@ -317,7 +357,8 @@ pub async fn delete_entry(
             None,
             REQUEST_TIMEOUT,
         )
-        .await?;
+        .await
+        .map_err(|err| name_permission(err, || write_permission(key)))?;
     decode_cas_answer(&response, &endpoint(&Method::DELETE, path.as_str()))
 }
 
@@ -337,6 +378,7 @@ pub async fn register(
         )
         .await
         .map(drop)
+        .map_err(|err| name_permission(err, || format!("service:write on {:?}", registration.name)))
 }
 
 /// `GET /v1/agent/service/<id>`: the agent's copy (None: it has none; a body that is not
@@ -411,6 +453,34 @@ mod tests {
         ];
         for (d, want) in cases {
             assert_eq!(format_duration(d), want);
+        }
+    }
+
+    #[test]
+    fn a_bare_403_names_the_permission_of_the_call() {
+        let denied = |message: &str| ConsulError {
+            endpoint: "PUT /v1/config".into(),
+            kind: ErrorKind::Status {
+                code: 403,
+                message: message.into(),
+            },
+        };
+        let key = EntryKey::new(Kind::ServiceDefaults, "web");
+        let named = name_permission(denied("Permission denied"), || write_permission(&key));
+        assert!(
+            named.to_string().contains("service:write on \"web\""),
+            "{named}"
+        );
+        let gateway = EntryKey::new(Kind::IngressGateway, "edge");
+        let named = name_permission(denied("Permission denied"), || write_permission(&gateway));
+        assert!(named.to_string().contains("operator:write"), "{named}");
+        // Consul's own detail, or another cause, is kept as it is.
+        for message in [
+            "Permission denied: token with AccessorID 'x' lacks permission 'mesh:write'",
+            "ACL not found",
+        ] {
+            let err = name_permission(denied(message), || write_permission(&gateway));
+            assert_eq!(err, denied(message));
         }
     }
 

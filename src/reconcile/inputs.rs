@@ -9,11 +9,11 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::consul::api;
+use crate::consul::client::ApiPath;
 use crate::consul::retry::{Backoff, ProblemLog};
 use crate::consul::watch::{run as watch_loop, spawn, Observed};
-use crate::consul::client::ApiPath;
-use crate::consul::Response;
 use crate::consul::Client;
+use crate::consul::Response;
 use crate::model::{modify_index, Body, Catalog, Entries, EntryKey, Kind, Protocols};
 use crate::plan::PlanSettings;
 
@@ -68,7 +68,10 @@ impl Inputs {
             )
         });
         Inputs {
-            catalog: keep(tasks, spawn_catalog(client, settings, prefix, changed.clone())),
+            catalog: keep(
+                tasks,
+                spawn_catalog(client, settings, prefix, changed.clone()),
+            ),
             service_defaults: keep(
                 tasks,
                 spawn(

@@ -473,7 +473,7 @@ impl Reconciler {
     /// `PUT` with CAS: Ok(false) on a CAS miss.
     async fn put(&mut self, key: &EntryKey, body: Body, cas: u64) -> Result<bool, ReconcileError> {
         let watched = self.watched_index(key);
-        let answer = api::put_entry(&mut self.connection, &body, cas).await;
+        let answer = api::put_entry(&mut self.connection, key, &body, cas).await;
         let kind = WriteKind::of_entry(key.kind);
         self.metrics.write(kind, WriteResult::of_cas(&answer));
         match answer {
@@ -536,7 +536,7 @@ impl Reconciler {
         if self.overlay.defaults_skipped(name) {
             return false;
         }
-        let answer = api::put_entry(&mut self.connection, body, cas).await;
+        let answer = api::put_entry(&mut self.connection, key, body, cas).await;
         let kind = WriteKind::of_entry(key.kind);
         self.metrics.write(kind, WriteResult::of_cas(&answer));
         let log = self.logs.write(Kind::ServiceDefaults);
