@@ -78,6 +78,8 @@ both! {
     sigterm_deregisters_and_exits_0_keeping_the_entry(sim_http(), Agent::http());
     fabio_mode(sim_http(), Agent::http());
     dry_run_prints_the_plan_and_writes_nothing(sim_http(), Agent::http());
+    a_restarted_daemon_writes_nothing(sim_http(), Agent::http());
+    sidecars_and_gateways_are_never_exposed_or_warned_about(sim_http(), Agent::http());
 }
 
 /// The scenarios both backends run.
@@ -437,6 +439,93 @@ mod scenario {
             puts,
             [false, true],
             "answers to the PUTs after the race (a CAS miss, then written)"
+        );
+    }
+
+    /// Sidecar proxies copy their parent's tags and gateways may carry any tag: neither
+    /// is ever exposed, warned about or counted, whether or not Consul applies the
+    /// catalog filter (Consul 1.8.7 ignores `filter=` on `/v1/catalog/services`).
+    pub fn sidecars_and_gateways_are_never_exposed_or_warned_about(sim: &impl Consul) {
+        sim.add_service(service("shop", &[SHOP]));
+        sim.add_service(ServiceSpec {
+            kind: "connect-proxy".into(),
+            port: 21000,
+            ..service("shop-sidecar-proxy", &[SHOP])
+        });
+        sim.add_service(ServiceSpec {
+            kind: "ingress-gateway".into(),
+            port: 8888,
+            ..service(
+                "other-gateway",
+                &["gw-traefik.http.routers.og.rule=Host(`other-gateway.example.com`)"],
+            )
+        });
+        sim.add_service(ServiceSpec {
+            kind: "terminating-gateway".into(),
+            port: 8889,
+            ..service(
+                "egress",
+                &["gw-traefik.http.routers.eg.rule=Host(`egress.example.com`)"],
+            )
+        });
+        let daemon = Daemon::start(&base_env(sim));
+        wait_until(EVENTUALLY, "only shop routed", || {
+            converged(sim, &[route("shop", &["shop.example.com"])])
+        });
+        wait_until(EVENTUALLY, "/health ok", || daemon.health().0 == 200);
+        let health: Value = serde_json::from_str(&daemon.health().1).expect("health JSON");
+        assert_eq!(health["services_exposed"], 1, "{health}");
+        assert_eq!(health["warnings"], 0, "{health}");
+        let tags = strings(&[
+            "traefik.enable=true",
+            "traefik.http.routers.shop.rule=Host(`shop.example.com`)",
+        ]);
+        wait_until(
+            EVENTUALLY,
+            "only shop's tags on the ingress service",
+            || ingress_tags(sim) == Some(tags.clone()),
+        );
+        let out = daemon.output();
+        for name in ["shop-sidecar-proxy", "other-gateway", "egress"] {
+            assert!(!out.contains(name), "{name} named in the output:\n{out}");
+        }
+    }
+
+    /// A daemon restarted (SIGTERM, then started again) over a converged gateway registers
+    /// again and writes no config entry: the entry is already what it would write.
+    pub fn a_restarted_daemon_writes_nothing(sim: &impl Consul) {
+        sim.add_service(service("shop", &[SHOP]));
+        let mut daemon = Daemon::start(&base_env(sim));
+        wait_until(EVENTUALLY, "shop routed", || {
+            converged(sim, &[route("shop", &["shop.example.com"])])
+        });
+        wait_until(EVENTUALLY, "/health ok", || daemon.health().0 == 200);
+        daemon.signal("TERM");
+        assert_eq!(daemon.wait_exit(Duration::from_secs(6)).code(), Some(0));
+        let modify_index = entry(sim).expect("entry")["ModifyIndex"].clone();
+        let writes = sim.writes().len();
+
+        let daemon = Daemon::start(&base_env(sim));
+        wait_until(EVENTUALLY, "registered again", || {
+            ingress_tags(sim).is_some()
+        });
+        wait_until(EVENTUALLY, "/health ok again", || daemon.health().0 == 200);
+        // The measured window: what the restarted daemon does once it has converged.
+        std::thread::sleep(Duration::from_secs(2));
+        let config_writes: Vec<String> = sim.writes()[writes..]
+            .iter()
+            .filter(|w| w.starts_with("PUT /v1/config"))
+            .cloned()
+            .collect();
+        assert_eq!(
+            config_writes,
+            Vec::<String>::new(),
+            "config-entry writes after the restart"
+        );
+        assert_eq!(
+            entry(sim).expect("entry")["ModifyIndex"],
+            modify_index,
+            "the entry did not move"
         );
     }
 
