@@ -133,7 +133,7 @@ impl Agent {
             config["acl"] = json!({
                 "enabled": true,
                 "default_policy": "deny",
-                "tokens": {"master": MASTER_TOKEN},
+                "tokens": {"master": MASTER_TOKEN, "agent": MASTER_TOKEN},
             });
         }
         if let Some((pki, mutual)) = &options.tls {
