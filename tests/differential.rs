@@ -533,18 +533,16 @@ fn compare(sim: Vec<(String, String)>, real: Vec<(String, String)>) {
             "{step}\n    sim:  {sim_seen}\n    real: {real_seen}\n"
         ));
         let known = KNOWN.iter().find(|(s, _, _)| s == step);
-        match known {
-            Some((_, k_sim, k_real)) => {
-                if sim_seen != *k_sim || real_seen != k_real {
-                    problems.push(format!(
-                        "{step}: listed as sim {k_sim:?} / real {k_real:?}, seen sim {sim_seen:?} / real {real_seen:?}"
-                    ));
-                }
+        if let Some((_, k_sim, k_real)) = known {
+            if sim_seen != *k_sim || real_seen != k_real {
+                problems.push(format!(
+                    "{step}: listed as sim {k_sim:?} / real {k_real:?}, seen sim {sim_seen:?} / real {real_seen:?}"
+                ));
             }
-            None if sim_seen != *real_seen => problems.push(format!(
+        } else if sim_seen != *real_seen {
+            problems.push(format!(
                 "{step}: sim {sim_seen:?} but Consul 1.8.7 {real_seen:?}"
-            )),
-            None => {}
+            ));
         }
     }
     eprintln!("--- observations ---\n{table}");
