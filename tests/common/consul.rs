@@ -101,6 +101,10 @@ pub struct Agent {
 }
 
 static AGENTS: AtomicU64 = AtomicU64::new(0);
+static SYNCS: AtomicU64 = AtomicU64::new(0);
+
+/// The query parameter that marks the harness's own requests.
+pub const HARNESS_MARK: &str = "from-test-harness";
 
 impl Agent {
     pub fn start(options: AgentOptions) -> Agent {
@@ -215,7 +219,10 @@ impl Agent {
                 panic!("consul exited at start ({status}):\n{}", self.log());
             }
             let token = self.options.acl.then_some(MASTER_TOKEN);
-            let get = |path| try_call(self.ports.http, "GET", path, None, token).ok();
+            let get = |path: &str| {
+                let marked = format!("{path}?{HARNESS_MARK}");
+                try_call(self.ports.http, "GET", &marked, None, token).ok()
+            };
             let leader = get("/v1/status/leader");
             if leader.is_some_and(|l| l.status == 200 && l.body.len() > 2) {
                 let services = get("/v1/catalog/services");
@@ -287,10 +294,21 @@ impl Agent {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
-    /// The requests the agent served, as (method, url) from its debug log, in order.
+    /// The requests the agent served to others than the harness (the daemon, Traefik),
+    /// as (method, url) from its debug log, in order. Everything the agent finished
+    /// before this call is in it: a marked request is sent and waited for in the log.
     pub fn requests(&self) -> Vec<(String, String)> {
+        let n = SYNCS.fetch_add(1, Ordering::SeqCst);
+        let marker = format!("/v1/status/leader?sync={n}");
+        let _ = self.call("GET", &marker, None);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let logged = format!("{marker}&{HARNESS_MARK}");
+        while !self.log().contains(&logged) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         self.log()
             .lines()
+            .filter(|line| !line.contains(HARNESS_MARK))
             .filter_map(|line| {
                 let rest = line.split_once("Request finished: method=")?.1;
                 let (method, rest) = rest.split_once(" url=")?;
@@ -302,9 +320,13 @@ impl Agent {
 
     /// A request of the harness to the plain HTTP port, with the master token when ACLs
     /// are on. HTTP/1.0, so the answer ends with the connection (never chunked).
+    /// Every harness request carries [`HARNESS_MARK`] in its query (Consul ignores it), so
+    /// [`Agent::requests`] can tell the daemon's requests from the test's own.
     pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Reply {
         let token = self.options.acl.then_some(MASTER_TOKEN);
-        call(self.ports.http, method, path, body, token)
+        let separator = if path.contains('?') { '&' } else { '?' };
+        let marked = format!("{path}{separator}{HARNESS_MARK}");
+        call(self.ports.http, method, &marked, body, token)
     }
 
     /// Creates or replaces the token `secret` with a policy of these HCL `rules`.
