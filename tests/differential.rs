@@ -116,6 +116,25 @@ fn without_indexes(mut entry: Value) -> Value {
     entry
 }
 
+/// A blocking GET of `path` sent from another thread: joined, it gives how long the
+/// answer took and the answer.
+fn park(target: &Target, path: String) -> std::thread::JoinHandle<(Duration, Reply)> {
+    let port = target.port;
+    let token = target.token.map(String::from);
+    let handle = std::thread::spawn(move || {
+        let started = Instant::now();
+        let reply = call(port, "GET", &path, None, token.as_deref());
+        (started.elapsed(), reply)
+    });
+    std::thread::sleep(Duration::from_millis(300)); // let it park
+    handle
+}
+
+/// Whether a blocking query that should wait out a 1s `wait` did.
+fn waited_out(elapsed: Duration) -> String {
+    (elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(3)).to_string()
+}
+
 fn status_and_text(reply: &Reply) -> String {
     format!("{} {}", reply.status, reply.body.trim())
 }
@@ -186,6 +205,14 @@ fn observe(target: &Target) -> Vec<(String, String)> {
         "blocking on the current index answers the same index",
         (blocked.index == Some(index)).to_string(),
     );
+    // An index ahead of the catalog's waits too.
+    let started = Instant::now();
+    let path = format!("/v1/catalog/services?index={}&wait=1s", index + 1000);
+    let _ = target.send("GET", &path, None);
+    note(
+        "blocking on an index ahead of the catalog's waits",
+        waited_out(started.elapsed()),
+    );
     // index=0 answers at once.
     let started = Instant::now();
     let _ = target.send("GET", "/v1/catalog/services?index=0&wait=2s", None);
@@ -254,12 +281,29 @@ fn observe(target: &Target) -> Vec<(String, String)> {
         "proxy-defaults protocol",
         proxy.json()["Config"]["protocol"].to_string(),
     );
+    let list_index = target
+        .send("GET", "/v1/config/service-defaults", None)
+        .index
+        .unwrap_or(1);
+    let waiter = park(
+        target,
+        format!("/v1/config/service-defaults?index={list_index}&wait=10s"),
+    );
     let sd = target.send(
         "PUT",
         "/v1/config",
         Some(&json!({"Kind": "service-defaults", "Name": "shop", "Protocol": "http"})),
     );
     note("service-defaults PUT", status_and_text(&sd));
+    let (woke_after, woke) = waiter.join().expect("blocking service-defaults query");
+    note(
+        "a service-defaults write wakes the list's blocking query",
+        format!(
+            "{} {}",
+            woke_after < Duration::from_secs(3),
+            woke.body.contains("\"shop\"")
+        ),
+    );
     let defaults = target.send("GET", "/v1/config/service-defaults", None);
     note(
         "service-defaults list: names and protocols",
@@ -289,8 +333,27 @@ fn observe(target: &Target) -> Vec<(String, String)> {
         None,
     );
     note("entry, missing", status_and_text(&missing));
+    let missing_index = missing.index.unwrap_or(1);
+    note(
+        "entry, missing: index present",
+        missing.index.is_some().to_string(),
+    );
+    let started = Instant::now();
+    let path = format!("/v1/config/ingress-gateway/{GATEWAY}?index={missing_index}&wait=1s");
+    let _ = target.send("GET", &path, None);
+    note(
+        "blocking on a missing entry waits",
+        waited_out(started.elapsed()),
+    );
+    let path = format!("/v1/config/ingress-gateway/{GATEWAY}?index={missing_index}&wait=10s");
+    let waiter = park(target, path);
     let first = target.send("PUT", "/v1/config?cas=0", Some(&entry));
     note("entry PUT cas=0, new", status_and_text(&first));
+    let (woke_after, woke) = waiter.join().expect("blocking entry query");
+    note(
+        "the entry's creation wakes a blocking query at once",
+        format!("{} {}", woke_after < Duration::from_secs(3), woke.status),
+    );
     let again = target.send("PUT", "/v1/config?cas=0", Some(&entry));
     note("entry PUT cas=0, exists", status_and_text(&again));
     let read = target.send(
