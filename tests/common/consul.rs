@@ -107,8 +107,35 @@ static SYNCS: AtomicU64 = AtomicU64::new(0);
 pub const HARNESS_MARK: &str = "from-test-harness";
 
 impl Agent {
+    /// Starts the agent and waits until it is ready. A port taken by someone else between
+    /// [`free_port`] and the agent's bind makes it exit at once: it is then tried again on
+    /// fresh ports, three times at most.
     pub fn start(options: AgentOptions) -> Agent {
         consul_bin(); // fail before creating anything when it is missing
+        let mut attempt = 1;
+        let agent = loop {
+            let agent = Agent::configure(options.clone());
+            match agent.spawn() {
+                Ok(()) => break agent,
+                Err(log) if attempt < 3 && log.contains("address already in use") => {
+                    attempt += 1;
+                }
+                Err(log) => panic!("consul exited at start:\n{log}"),
+            }
+        };
+        if agent.options.http_defaults {
+            agent
+                .put_config(
+                    json!({"Kind": "proxy-defaults", "Name": "global", "Config": {"protocol": "http"}}),
+                    None,
+                )
+                .expect("proxy-defaults accepted");
+        }
+        agent
+    }
+
+    /// The agent's configuration file on fresh ports; nothing started yet.
+    fn configure(options: AgentOptions) -> Agent {
         let n = AGENTS.fetch_add(1, Ordering::SeqCst);
         let dir = std::env::temp_dir().join(format!("ism-consul-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("agent dir");
@@ -148,7 +175,7 @@ impl Agent {
         }
         let config_path = dir.join("agent.json");
         std::fs::write(&config_path, config.to_string()).expect("agent config");
-        let agent = Agent {
+        Agent {
             options,
             ports,
             config: config_path,
@@ -158,17 +185,7 @@ impl Agent {
             policies: Mutex::new(BTreeMap::new()),
             daemon_token: Mutex::new(None),
             proxy: Mutex::new(None),
-        };
-        agent.spawn();
-        if agent.options.http_defaults {
-            agent
-                .put_config(
-                    json!({"Kind": "proxy-defaults", "Name": "global", "Config": {"protocol": "http"}}),
-                    None,
-                )
-                .expect("proxy-defaults accepted");
         }
-        agent
     }
 
     /// A plain agent with `proxy-defaults` http.
@@ -179,7 +196,8 @@ impl Agent {
         })
     }
 
-    fn spawn(&self) {
+    /// Starts the process and waits until it is ready; Err(its log) when it exited.
+    fn spawn(&self) -> Result<(), String> {
         let mut child = Command::new(consul_bin())
             .args([
                 "agent",
@@ -201,12 +219,12 @@ impl Agent {
         collect(stdout, self.log.clone());
         collect(stderr, self.log.clone());
         *self.child.lock().expect("child") = Some(child);
-        self.wait_ready();
+        self.wait_ready()
     }
 
     /// Waits until the agent has a leader, its ACLs accept the master token, and it has
     /// registered itself (the `consul` service): only then are writes accepted.
-    fn wait_ready(&self) {
+    fn wait_ready(&self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(Ok(Some(status))) = self
@@ -216,7 +234,9 @@ impl Agent {
                 .as_mut()
                 .map(Child::try_wait)
             {
-                panic!("consul exited at start ({status}):\n{}", self.log());
+                // Its output pipes close with it; give the readers a moment to drain them.
+                std::thread::sleep(Duration::from_millis(100));
+                return Err(format!("exit {status}:\n{}", self.log()));
             }
             let token = self.options.acl.then_some(MASTER_TOKEN);
             let get = |path: &str| {
@@ -227,7 +247,7 @@ impl Agent {
             if leader.is_some_and(|l| l.status == 200 && l.body.len() > 2) {
                 let services = get("/v1/catalog/services");
                 if services.is_some_and(|s| s.status == 200 && s.body.contains("\"consul\"")) {
-                    return;
+                    return Ok(());
                 }
             }
             if Instant::now() >= deadline {
@@ -242,7 +262,9 @@ impl Agent {
     /// made are not replayed (see [`Agent::replay_services`]).
     pub fn restart(&self) {
         self.stop();
-        self.spawn();
+        if let Err(log) = self.spawn() {
+            panic!("consul did not start again on its ports: {log}");
+        }
         if self.options.http_defaults {
             self.put_config(
                 json!({"Kind": "proxy-defaults", "Name": "global", "Config": {"protocol": "http"}}),
