@@ -81,7 +81,7 @@ both! {
     a_restarted_daemon_writes_nothing(sim_http(), Agent::http());
 }
 
-/// Against Consul 1.8.7 this scenario is in `tests/real_consul_gaps.rs`, with the other
+/// Against Consul 1.8.7 this scenario is in `tests/without_filter_or_403_detail.rs`, with the other
 /// tests that wait on a daemon change for that Consul.
 #[test]
 fn sidecars_and_gateways_are_never_exposed_or_warned_about() {

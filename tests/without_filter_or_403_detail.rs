@@ -6,7 +6,8 @@
 //! - A denied write answers a bare `403 Permission denied`: the daemon must name the
 //!   permission of the call it made.
 //!
-//! Kept in a binary of their own, after the others, so that until then they hold up no
+//! Kept in a binary of their own, named to run after the others (cargo runs the test
+//! binaries by name and stops at the first that fails), so that until then they hold up no
 //! other test in `.ci/run`. `#[ignore]`d in a plain `cargo test`; they need `CONSUL_BIN`.
 
 mod common;
