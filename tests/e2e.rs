@@ -355,7 +355,19 @@ fn traefik_and_envoy_route_hosts_through_the_ingress_service() {
     // Fail before starting anything when a binary is missing.
     tool(TRAEFIK, TRAEFIK_WHAT);
     tool(ENVOY, ENVOY_WHAT);
+    let _one_at_a_time = one_chain_at_a_time();
     chain(&sim_with_checks());
+}
+
+/// The two chains take their ports the same way ([`free_port`]: chosen by the OS, then
+/// released) and each starts an Envoy and a Traefik; run side by side, one could take a
+/// port the other was about to bind. They run one after the other instead.
+fn one_chain_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static CHAIN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // A chain that panicked poisons the lock; the next one still runs on its own.
+    CHAIN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The same chain with a real Consul 1.8.7 agent in the simulator's place.
@@ -365,6 +377,7 @@ fn traefik_and_envoy_route_hosts_through_the_ingress_service_with_real_consul() 
     tool(TRAEFIK, TRAEFIK_WHAT);
     tool(ENVOY, ENVOY_WHAT);
     common::consul::consul_bin();
+    let _one_at_a_time = one_chain_at_a_time();
     chain(&Agent::http());
 }
 
