@@ -87,6 +87,8 @@ pub struct Agent {
     options: AgentOptions,
     ports: Ports,
     config: PathBuf,
+    /// Holds the configuration; removed on drop.
+    dir: PathBuf,
     child: Mutex<Option<Child>>,
     log: Arc<Mutex<String>>,
     /// Catalog registrations made through [`Consul::add_service`], to re-register with
@@ -179,6 +181,7 @@ impl Agent {
             options,
             ports,
             config: config_path,
+            dir,
             child: Mutex::new(None),
             log: Arc::new(Mutex::new(String::new())),
             specs: Mutex::new(BTreeMap::new()),
@@ -440,6 +443,7 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir); // best effort: it is under the temp dir
         if std::thread::panicking() {
             let log = self.log();
             let tail: Vec<&str> = log.lines().rev().take(80).collect();
