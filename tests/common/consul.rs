@@ -64,7 +64,7 @@ pub struct AgentOptions {
     /// ACLs enabled, default policy deny, [`MASTER_TOKEN`] for the harness.
     pub acl: bool,
     /// An HTTPS port with this PKI's server certificate; `mutual` requires client
-    /// certificates signed by its CA (`verify_incoming_https`).
+    /// certificates signed by its CA (`verify_incoming`, as operators set it).
     pub tls: Option<(TestPki, bool)>,
     /// `proxy-defaults/global` with protocol http, written once the agent is up, so
     /// scenarios that do not care about protocols need no service-defaults.
@@ -173,7 +173,7 @@ impl Agent {
             config["ca_file"] = json!(pki.ca_cert);
             config["cert_file"] = json!(pki.server_cert);
             config["key_file"] = json!(pki.server_key);
-            config["verify_incoming_https"] = json!(*mutual);
+            config["verify_incoming"] = json!(*mutual);
         }
         let config_path = dir.join("agent.json");
         std::fs::write(&config_path, config.to_string()).expect("agent config");
