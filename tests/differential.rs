@@ -701,3 +701,58 @@ fn every_known_difference_is_in_the_readme() {
         assert!(table.contains(step), "README table lacks {step:?}");
     }
 }
+
+/// The endpoints the steps above compare, as (method, path without query).
+const COMPARED: &[(&str, &str)] = &[
+    ("GET", "/v1/catalog/services"),
+    ("GET", "/v1/config/service-defaults"),
+    ("GET", "/v1/config/proxy-defaults/global"),
+    ("GET", "/v1/config/ingress-gateway/edge"),
+    ("PUT", "/v1/config"),
+    ("PUT", "/v1/agent/service/register"),
+    ("GET", "/v1/agent/service/edge-ingress"),
+    ("GET", "/v1/agent/checks"),
+    ("PUT", "/v1/agent/service/deregister/edge-ingress"),
+];
+
+/// The daemon's own run against the agent (converge, create a service-defaults entry,
+/// SIGTERM) calls no endpoint the steps above leave out: a new call in the daemon makes
+/// this fail until the differential test compares it too.
+#[test]
+#[ignore = "needs a Consul agent (CONSUL_BIN): run .ci/run"]
+fn every_endpoint_the_daemon_calls_is_compared() {
+    let agent = Agent::start(AgentOptions::default());
+    agent.add_service(service(
+        "web",
+        &["gw-traefik.http.routers.web.rule=Host(`web.example.com`)"],
+    ));
+    let mut daemon = Daemon::start(&with(base_env(&agent), &[("SETSERVICEDEFAULTS", "true")]));
+    wait_until(EVENTUALLY, "web routed", || {
+        routes(&agent, 9997) == [route("web", &["web.example.com"])]
+    });
+    wait_until(EVENTUALLY, "/health ok", || daemon.health().0 == 200);
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit(Duration::from_secs(6)).code(), Some(0));
+    let called: std::collections::BTreeSet<(String, String)> = agent
+        .requests()
+        .into_iter()
+        .map(|(method, url)| {
+            let path = url.split('?').next().unwrap_or_default().to_string();
+            (method, path)
+        })
+        .collect();
+    let missing: Vec<&(String, String)> = called
+        .iter()
+        .filter(|(m, p)| !COMPARED.iter().any(|(cm, cp)| cm == m && cp == p))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the daemon calls endpoints the differential test does not compare: {missing:?} (all: {called:?})"
+    );
+    for expected in [("PUT", "/v1/config"), ("PUT", "/v1/agent/service/register")] {
+        assert!(
+            called.contains(&(expected.0.to_string(), expected.1.to_string())),
+            "the run made no {expected:?}: {called:?}"
+        );
+    }
+}
