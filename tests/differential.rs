@@ -169,8 +169,15 @@ fn observe(target: &Target) -> Vec<(String, String)> {
     );
     note("catalog services, daemon's filter", names(&filtered));
     note(
-        "catalog services, tags of shop",
-        filtered.json()["shop"].to_string(),
+        "catalog services, tags of shop (sorted: Consul 1.8.7's order varies)",
+        {
+            let mut tags: Vec<String> = filtered.json()["shop"]
+                .as_array()
+                .map(|t| t.iter().map(|t| t.to_string()).collect())
+                .unwrap_or_default();
+            tags.sort();
+            tags.join(",")
+        },
     );
     let malformed = target.send(
         "GET",
