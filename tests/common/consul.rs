@@ -9,7 +9,7 @@
 //! killed when its guard drops. Its debug log lists every request it served, which is how
 //! the tests count writes against it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
@@ -45,14 +45,23 @@ pub fn consul_bin() -> String {
     path
 }
 
-/// A port free for both TCP and UDP right now (Serf and DNS bind both). Taken and
-/// released at once: the agent binds it a moment later (another process could take it
-/// in between; the agent then fails to start, and the test with it, loudly).
+/// A port free for both TCP and UDP right now (Serf and DNS bind both), and never
+/// handed out before in this process (the OS readily gives a just-released port again,
+/// and one agent must not get the same port twice). Taken and released at once: the
+/// agent binds it a moment later; another process could take it in between, which
+/// [`Agent::start`] answers by starting again on fresh ports.
 pub fn free_port() -> u16 {
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
     loop {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
         let port = listener.local_addr().expect("local addr").port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+        if UdpSocket::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        let mut given = GIVEN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if given.insert(port) {
             return port;
         }
     }
