@@ -1,9 +1,18 @@
-//! The daemon end to end: the real binary against the Consul simulator.
+//! The daemon end to end: the real binary against the Consul simulator and, for every
+//! scenario that needs no fault injection, against a real Consul agent as well.
+//!
+//! The backend switch: a scenario is a function of `&impl Consul` in `mod scenario`; the
+//! test of its name runs it against the simulator, and `real::<name>` against a dev-mode
+//! Consul 1.8.7 agent of its own (`CONSUL_BIN`, installed by `.ci/run`; `#[ignore]`d in a
+//! plain `cargo test`, and failing, not skipping, when the agent is missing). Faults only
+//! the simulator can inject (5xx bursts, index resets, a listener that vanishes) stay
+//! simulator-only; the real agent's ACLs, TLS and restarts are in `tests/real_consul.rs`.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
+use common::consul::{Agent, AgentOptions, Consul};
 use common::*;
 use consul_sim::{Access, Fault, Rule, ServiceSpec, Sim, SimOptions, TestPki};
 use serde_json::{json, Value};
@@ -11,399 +20,601 @@ use serde_json::{json, Value};
 const SHOP: &str = "gw-traefik.http.routers.shop.rule=Host(`shop.example.com`)";
 const PORT: u16 = 9997;
 
-fn converged(sim: &Sim, expected: &[(String, Vec<String>)]) -> bool {
+fn converged(sim: &impl Consul, expected: &[(String, Vec<String>)]) -> bool {
     routes(sim, PORT) == expected
 }
 
-#[test]
-fn converges_to_registration_and_entry() {
-    let sim = sim_http();
-    sim.add_service(service(
-        "shop",
-        &[SHOP, "gw-traefik.http.routers.shop.tls=true", "version=2"],
-    ));
-    sim.add_service(service(
-        "blog",
-        &["gw-traefik.http.routers.blog.rule=Host('blog.example.com')"],
-    ));
-    sim.add_service(service(
-        "internal",
-        &["traefik.http.routers.internal.rule=Host(`internal.example.com`)"],
-    ));
-    // A sidecar copies its parent's tags; it must never be exposed.
-    sim.add_service(ServiceSpec {
-        kind: "connect-proxy".into(),
-        ..service("shop-sidecar-proxy", &[SHOP])
-    });
-    let daemon = Daemon::start(&base_env(&sim));
-
-    let expected = vec![
-        route("blog", &["blog.example.com"]),
-        route("shop", &["shop.example.com"]),
-    ];
-    wait_until(EVENTUALLY, "entry routes blog and shop", || {
-        converged(&sim, &expected)
-    });
-    let tags = strings(&[
-        "traefik.enable=true",
-        "traefik.http.routers.blog.rule=Host(`blog.example.com`)",
-        "traefik.http.routers.shop.rule=Host(`shop.example.com`)",
-        "traefik.http.routers.shop.tls=true",
-    ]);
-    wait_until(EVENTUALLY, "ingress service tags", || {
-        ingress_tags(&sim) == Some(tags.clone())
-    });
-
-    let registration = sim.agent_service(INGRESS_ID).expect("registered");
-    assert_eq!(registration["Service"], "edge-ingress");
-    assert_eq!(registration["Port"], PORT);
-    assert_eq!(
-        registration["Meta"]["managed-by"],
-        "ingress-service-monitor"
-    );
-    let checks = sim.agent_checks().to_string();
-    assert!(
-        checks.contains("http://127.0.0.1:8443/ready"),
-        "check URL in {checks}"
-    );
-    let entry = entry(&sim).expect("entry");
-    assert_eq!(entry["Meta"]["managed-by"], "ingress-service-monitor");
-    assert_eq!(
-        listener(&entry, PORT).expect("listener")["Protocol"],
-        "http"
-    );
-
-    wait_until(EVENTUALLY, "/health ok", || daemon.health().0 == 200);
-    let health: Value = serde_json::from_str(&daemon.health().1).expect("health JSON");
-    assert_eq!(health["status"], "ok");
-    assert_eq!(health["services_exposed"], 2);
-    assert!(health["last_sync"].is_string());
+/// A fresh simulator without proxy-defaults: services are tcp unless told otherwise.
+fn plain_sim() -> Sim {
+    Sim::start(SimOptions::default())
 }
 
-#[test]
-fn follows_add_change_and_remove() {
-    let sim = sim_http();
-    sim.add_service(service("shop", &[SHOP]));
-    let _daemon = Daemon::start(&base_env(&sim));
-    wait_until(EVENTUALLY, "shop routed", || {
-        converged(&sim, &[route("shop", &["shop.example.com"])])
-    });
-
-    sim.add_service(service(
-        "cart",
-        &["gw-traefik.http.routers.cart.rule=Host(`cart.example.com`)"],
-    ));
-    let both = vec![
-        route("cart", &["cart.example.com"]),
-        route("shop", &["shop.example.com"]),
-    ];
-    wait_until(EVENTUALLY, "cart added", || converged(&sim, &both));
-
-    // Same number of tags, different value: the Go original never applied this.
-    sim.set_service_tags(
-        "node-1",
-        "shop",
-        &["gw-traefik.http.routers.shop.rule=Host(`store.example.com`)"],
-    );
-    let changed = vec![
-        route("cart", &["cart.example.com"]),
-        route("shop", &["store.example.com"]),
-    ];
-    wait_until(EVENTUALLY, "shop's host changed", || {
-        converged(&sim, &changed)
-    });
-    wait_until(EVENTUALLY, "ingress tag changed", || {
-        ingress_tags(&sim).is_some_and(|t| {
-            t.contains(&"traefik.http.routers.shop.rule=Host(`store.example.com`)".to_string())
-        })
-    });
-
-    sim.remove_service("node-1", "cart");
-    wait_until(EVENTUALLY, "cart removed", || {
-        converged(&sim, &[route("shop", &["store.example.com"])])
-    });
-    wait_until(EVENTUALLY, "cart's tag removed", || {
-        ingress_tags(&sim).is_some_and(|t| !t.iter().any(|tag| tag.contains("cart")))
-    });
+/// A fresh agent without proxy-defaults.
+fn plain_agent() -> Agent {
+    Agent::start(AgentOptions::default())
 }
 
-#[test]
-fn every_host_of_a_rule_is_routed() {
-    let sim = sim_http();
-    sim.add_service(service(
-        "shop",
-        &[
-            "gw-traefik.http.routers.shop.rule=Host(`a.example.com`) || Host(`B.example.com`)",
-            "gw-traefik.http.routers.shop2.rule=(Host('c.example.com') && PathPrefix('/x')) || HostRegexp(`{x:.+}.d.example.com`)",
-        ],
-    ));
-    let _daemon = Daemon::start(&base_env(&sim));
-    let expected = vec![route(
-        "shop",
-        &["a.example.com", "b.example.com", "c.example.com"],
-    )];
-    wait_until(EVENTUALLY, "all hosts of the rules", || {
-        converged(&sim, &expected)
-    });
+/// An agent behind the racing proxy, so a concurrent write can be staged.
+fn proxied_agent() -> Agent {
+    let agent = Agent::http();
+    agent.via_proxy();
+    agent
 }
 
-#[test]
-fn bad_hosts_and_conflicts_stay_with_their_service() {
-    let sim = sim_http();
-    sim.add_service(service(
-        "alpha",
-        &["gw-traefik.http.routers.a.rule=Host(`dup.example.com`)"],
-    ));
-    sim.add_service(service(
-        "beta",
-        &["gw-traefik.http.routers.b.rule=Host(`dup.example.com`) || Host(`beta.example.com`)"],
-    ));
-    sim.add_service(service(
-        "gamma",
-        &[
-            "gw-traefik.http.routers.g.rule=Host(`bad_host!.example.com`)",
-            "gw-traefik.http.routers.g2.rule=Host(`gamma.example.com`)",
-        ],
-    ));
-    sim.add_service(service(
-        "delta",
-        &["gw-traefik.http.routers.d.rule=Host(`example.*`)"],
-    ));
-    sim.add_service(service(
-        "wild",
-        &["gw-traefik.http.routers.w.rule=Host(`*.wild.example.com`)"],
-    ));
-    let daemon = Daemon::start(&base_env(&sim));
-
-    let expected = vec![
-        route("alpha", &["dup.example.com"]),
-        route("beta", &["beta.example.com"]),
-        route("gamma", &["gamma.example.com"]),
-        route("wild", &["*.wild.example.com"]),
-    ];
-    wait_until(EVENTUALLY, "good hosts routed, bad ones dropped", || {
-        converged(&sim, &expected)
-    });
-    daemon.wait_output(EVENTUALLY, "bad_host!.example.com");
-    let out = daemon.output();
-    assert!(
-        out.contains("\"gamma\""),
-        "warning names the service: {out}"
-    );
-    assert!(
-        out.contains("example.*"),
-        "warning names delta's host: {out}"
-    );
-    assert!(
-        out.contains("dup.example.com") && out.contains("\"beta\""),
-        "conflict warning names beta: {out}"
-    );
-    wait_until(EVENTUALLY, "/health ok with warnings counted", || {
-        let (status, body) = daemon.health();
-        status == 200
-            && serde_json::from_str::<Value>(&body).is_ok_and(|h| h["warnings"].as_u64() >= Some(3))
-    });
+/// `name(sim, agent);`: the test `name` runs `scenario::name` against the simulator that
+/// `sim` makes, and `real::name` against the agent that `agent` starts.
+macro_rules! both {
+    ($($name:ident($sim:expr, $agent:expr);)*) => {
+        $(
+            #[test]
+            fn $name() {
+                scenario::$name(&$sim);
+            }
+        )*
+        mod real {
+            use super::*;
+            $(
+                #[test]
+                #[ignore = "needs a Consul agent (CONSUL_BIN): run .ci/run"]
+                fn $name() {
+                    scenario::$name(&$agent);
+                }
+            )*
+        }
+    };
 }
 
-#[test]
-fn a_tcp_service_does_not_break_the_gateway() {
-    let sim = Sim::start(SimOptions::default()); // no proxy-defaults: services are tcp by default
-    sim.put_config(
-        json!({"Kind": "service-defaults", "Name": "web", "Protocol": "http"}),
-        None,
-    )
-    .expect("accepted");
-    sim.add_service(service(
-        "web",
-        &["gw-traefik.http.routers.web.rule=Host(`web.example.com`)"],
-    ));
-    sim.add_service(service(
-        "db",
-        &["gw-traefik.http.routers.db.rule=Host(`db.example.com`)"],
-    ));
-    let daemon = Daemon::start(&base_env(&sim));
-    wait_until(EVENTUALLY, "web routed without db", || {
-        converged(&sim, &[route("web", &["web.example.com"])])
-    });
-    daemon.wait_output(EVENTUALLY, "Protocol = \"http\"");
-    assert!(
-        daemon.output().contains("\"db\""),
-        "warning names db:\n{}",
-        daemon.output()
-    );
-    // The tag still reaches the outer proxy.
-    assert!(ingress_tags(&sim).is_some_and(|t| t.iter().any(|tag| tag.contains("db.example.com"))));
+both! {
+    converges_to_registration_and_entry(sim_http(), Agent::http());
+    follows_add_change_and_remove(sim_http(), Agent::http());
+    every_host_of_a_rule_is_routed(sim_http(), Agent::http());
+    bad_hosts_and_conflicts_stay_with_their_service(sim_http(), Agent::http());
+    a_tcp_service_does_not_break_the_gateway(plain_sim(), plain_agent());
+    set_service_defaults_creates_missing_protocols(plain_sim(), plain_agent());
+    http2_and_grpc_services_get_their_listeners(plain_sim(), plain_agent());
+    foreign_listener_and_tls_are_kept_and_foreign_edits_corrected(sim_http(), Agent::http());
+    a_cas_conflict_is_resolved_by_reading_again_keeping_the_other_write(sim_http(), proxied_agent());
+    nothing_is_written_when_nothing_changed(sim_http(), Agent::http());
+    sigterm_deregisters_and_exits_0_keeping_the_entry(sim_http(), Agent::http());
+    fabio_mode(sim_http(), Agent::http());
+    dry_run_prints_the_plan_and_writes_nothing(sim_http(), Agent::http());
+    a_restarted_daemon_writes_nothing(sim_http(), Agent::http());
 }
 
+/// Against Consul 1.8.7 this scenario is in `tests/without_filter_or_403_detail.rs`, with the other
+/// tests that wait on a daemon change for that Consul.
 #[test]
-fn set_service_defaults_creates_missing_protocols() {
-    let sim = Sim::start(SimOptions::default());
-    sim.put_config(
-        json!({"Kind": "service-defaults", "Name": "legacy", "Protocol": "tcp"}),
-        None,
-    )
-    .expect("accepted");
-    sim.add_service(service(
-        "web",
-        &["gw-traefik.http.routers.web.rule=Host(`web.example.com`)"],
-    ));
-    sim.add_service(service(
-        "legacy",
-        &["gw-traefik.http.routers.l.rule=Host(`legacy.example.com`)"],
-    ));
-    let _daemon = Daemon::start(&with(base_env(&sim), &[("SETSERVICEDEFAULTS", "true")]));
-    wait_until(EVENTUALLY, "web routed", || {
-        converged(&sim, &[route("web", &["web.example.com"])])
-    });
-    let created = sim
-        .config("service-defaults", "web")
-        .expect("service-defaults created");
-    assert_eq!(created["Protocol"], "http");
-    // An existing service-defaults entry is never overridden.
-    assert_eq!(
-        sim.config("service-defaults", "legacy").expect("kept")["Protocol"],
-        "tcp"
-    );
+fn sidecars_and_gateways_are_never_exposed_or_warned_about() {
+    scenario::sidecars_and_gateways_are_never_exposed_or_warned_about(&sim_http());
 }
 
-#[test]
-fn http2_and_grpc_services_get_their_listeners() {
-    let sim = Sim::start(SimOptions::default());
-    for (name, protocol) in [("web", "http"), ("api", "http2"), ("rpc", "grpc")] {
+/// The scenarios both backends run.
+mod scenario {
+    use super::*;
+
+    pub fn converges_to_registration_and_entry(sim: &impl Consul) {
+        sim.add_service(service(
+            "shop",
+            &[SHOP, "gw-traefik.http.routers.shop.tls=true", "version=2"],
+        ));
+        sim.add_service(service(
+            "blog",
+            &["gw-traefik.http.routers.blog.rule=Host('blog.example.com')"],
+        ));
+        sim.add_service(service(
+            "internal",
+            &["traefik.http.routers.internal.rule=Host(`internal.example.com`)"],
+        ));
+        // A sidecar copies its parent's tags; it must never be exposed.
+        sim.add_service(ServiceSpec {
+            kind: "connect-proxy".into(),
+            ..service("shop-sidecar-proxy", &[SHOP])
+        });
+        let daemon = Daemon::start(&base_env(sim));
+
+        let expected = vec![
+            route("blog", &["blog.example.com"]),
+            route("shop", &["shop.example.com"]),
+        ];
+        wait_until(EVENTUALLY, "entry routes blog and shop", || {
+            converged(sim, &expected)
+        });
+        let tags = strings(&[
+            "traefik.enable=true",
+            "traefik.http.routers.blog.rule=Host(`blog.example.com`)",
+            "traefik.http.routers.shop.rule=Host(`shop.example.com`)",
+            "traefik.http.routers.shop.tls=true",
+        ]);
+        wait_until(EVENTUALLY, "ingress service tags", || {
+            ingress_tags(sim) == Some(tags.clone())
+        });
+
+        let registration = sim.agent_service(INGRESS_ID).expect("registered");
+        assert_eq!(registration["Service"], "edge-ingress");
+        assert_eq!(registration["Port"], PORT);
+        assert_eq!(
+            registration["Meta"]["managed-by"],
+            "ingress-service-monitor"
+        );
+        let checks = sim.agent_checks();
+        let check = checks
+            .as_object()
+            .and_then(|c| c.values().find(|c| c["ServiceID"] == INGRESS_ID))
+            .unwrap_or_else(|| panic!("a check of the ingress service in {checks}"));
+        assert_eq!(check["Type"], "http", "{check}");
+        if !sim.is_real() {
+            // Consul 1.8.7 leaves the check's Definition empty in /v1/agent/checks.
+            assert!(
+                check.to_string().contains("http://127.0.0.1:8443/ready"),
+                "check URL in {check}"
+            );
+        }
+        let entry = entry(sim).expect("entry");
+        assert_eq!(entry["Meta"]["managed-by"], "ingress-service-monitor");
+        assert_eq!(
+            listener(&entry, PORT).expect("listener")["Protocol"],
+            "http"
+        );
+
+        wait_until(EVENTUALLY, "/health ok", || daemon.health().0 == 200);
+        let health: Value = serde_json::from_str(&daemon.health().1).expect("health JSON");
+        assert_eq!(health["status"], "ok");
+        assert_eq!(health["services_exposed"], 2);
+        assert!(health["last_sync"].is_string());
+    }
+
+    pub fn follows_add_change_and_remove(sim: &impl Consul) {
+        sim.add_service(service("shop", &[SHOP]));
+        let _daemon = Daemon::start(&base_env(sim));
+        wait_until(EVENTUALLY, "shop routed", || {
+            converged(sim, &[route("shop", &["shop.example.com"])])
+        });
+
+        sim.add_service(service(
+            "cart",
+            &["gw-traefik.http.routers.cart.rule=Host(`cart.example.com`)"],
+        ));
+        let both = vec![
+            route("cart", &["cart.example.com"]),
+            route("shop", &["shop.example.com"]),
+        ];
+        wait_until(EVENTUALLY, "cart added", || converged(sim, &both));
+
+        // Same number of tags, different value: the Go original never applied this.
+        sim.set_service_tags(
+            "node-1",
+            "shop",
+            &["gw-traefik.http.routers.shop.rule=Host(`store.example.com`)"],
+        );
+        let changed = vec![
+            route("cart", &["cart.example.com"]),
+            route("shop", &["store.example.com"]),
+        ];
+        wait_until(EVENTUALLY, "shop's host changed", || {
+            converged(sim, &changed)
+        });
+        wait_until(EVENTUALLY, "ingress tag changed", || {
+            ingress_tags(sim).is_some_and(|t| {
+                t.contains(&"traefik.http.routers.shop.rule=Host(`store.example.com`)".to_string())
+            })
+        });
+
+        sim.remove_service("node-1", "cart");
+        wait_until(EVENTUALLY, "cart removed", || {
+            converged(sim, &[route("shop", &["store.example.com"])])
+        });
+        wait_until(EVENTUALLY, "cart's tag removed", || {
+            ingress_tags(sim).is_some_and(|t| !t.iter().any(|tag| tag.contains("cart")))
+        });
+    }
+
+    pub fn every_host_of_a_rule_is_routed(sim: &impl Consul) {
+        sim.add_service(service(
+            "shop",
+            &[
+                "gw-traefik.http.routers.shop.rule=Host(`a.example.com`) || Host(`B.example.com`)",
+                "gw-traefik.http.routers.shop2.rule=(Host('c.example.com') && PathPrefix('/x')) || HostRegexp(`{x:.+}.d.example.com`)",
+            ],
+        ));
+        let _daemon = Daemon::start(&base_env(sim));
+        let expected = vec![route(
+            "shop",
+            &["a.example.com", "b.example.com", "c.example.com"],
+        )];
+        wait_until(EVENTUALLY, "all hosts of the rules", || {
+            converged(sim, &expected)
+        });
+    }
+
+    pub fn bad_hosts_and_conflicts_stay_with_their_service(sim: &impl Consul) {
+        sim.add_service(service(
+            "alpha",
+            &["gw-traefik.http.routers.a.rule=Host(`dup.example.com`)"],
+        ));
+        sim.add_service(service(
+            "beta",
+            &["gw-traefik.http.routers.b.rule=Host(`dup.example.com`) || Host(`beta.example.com`)"],
+        ));
+        sim.add_service(service(
+            "gamma",
+            &[
+                "gw-traefik.http.routers.g.rule=Host(`bad_host!.example.com`)",
+                "gw-traefik.http.routers.g2.rule=Host(`gamma.example.com`)",
+            ],
+        ));
+        sim.add_service(service(
+            "delta",
+            &["gw-traefik.http.routers.d.rule=Host(`example.*`)"],
+        ));
+        sim.add_service(service(
+            "wild",
+            &["gw-traefik.http.routers.w.rule=Host(`*.wild.example.com`)"],
+        ));
+        let daemon = Daemon::start(&base_env(sim));
+
+        let expected = vec![
+            route("alpha", &["dup.example.com"]),
+            route("beta", &["beta.example.com"]),
+            route("gamma", &["gamma.example.com"]),
+            route("wild", &["*.wild.example.com"]),
+        ];
+        wait_until(EVENTUALLY, "good hosts routed, bad ones dropped", || {
+            converged(sim, &expected)
+        });
+        daemon.wait_output(EVENTUALLY, "bad_host!.example.com");
+        let out = daemon.output();
+        assert!(
+            out.contains("\"gamma\""),
+            "warning names the service: {out}"
+        );
+        assert!(
+            out.contains("example.*"),
+            "warning names delta's host: {out}"
+        );
+        assert!(
+            out.contains("dup.example.com") && out.contains("\"beta\""),
+            "conflict warning names beta: {out}"
+        );
+        wait_until(EVENTUALLY, "/health ok with warnings counted", || {
+            let (status, body) = daemon.health();
+            status == 200
+                && serde_json::from_str::<Value>(&body)
+                    .is_ok_and(|h| h["warnings"].as_u64() >= Some(3))
+        });
+    }
+
+    pub fn a_tcp_service_does_not_break_the_gateway(sim: &impl Consul) {
         sim.put_config(
-            json!({"Kind": "service-defaults", "Name": name, "Protocol": protocol}),
+            json!({"Kind": "service-defaults", "Name": "web", "Protocol": "http"}),
             None,
         )
         .expect("accepted");
-        let tag = format!("gw-traefik.http.routers.{name}.rule=Host(`{name}.example.com`)");
-        sim.add_service(service(name, &[tag.as_str()]));
+        sim.add_service(service(
+            "web",
+            &["gw-traefik.http.routers.web.rule=Host(`web.example.com`)"],
+        ));
+        sim.add_service(service(
+            "db",
+            &["gw-traefik.http.routers.db.rule=Host(`db.example.com`)"],
+        ));
+        let daemon = Daemon::start(&base_env(sim));
+        wait_until(EVENTUALLY, "web routed without db", || {
+            converged(sim, &[route("web", &["web.example.com"])])
+        });
+        daemon.wait_output(EVENTUALLY, "Protocol = \"http\"");
+        assert!(
+            daemon.output().contains("\"db\""),
+            "warning names db:\n{}",
+            daemon.output()
+        );
+        // The tag still reaches the outer proxy.
+        assert!(
+            ingress_tags(sim).is_some_and(|t| t.iter().any(|tag| tag.contains("db.example.com")))
+        );
     }
-    let env = with(
-        base_env(&sim),
-        &[("INGRESSPORTHTTP2", "9998"), ("INGRESSPORTGRPC", "9999")],
-    );
-    let _daemon = Daemon::start(&env);
-    wait_until(EVENTUALLY, "three listeners", || {
-        routes(&sim, 9997) == [route("web", &["web.example.com"])]
-            && routes(&sim, 9998) == [route("api", &["api.example.com"])]
-            && routes(&sim, 9999) == [route("rpc", &["rpc.example.com"])]
-    });
-    let entry = entry(&sim).expect("entry");
-    assert_eq!(listener(&entry, 9998).expect("http2")["Protocol"], "http2");
-    assert_eq!(listener(&entry, 9999).expect("grpc")["Protocol"], "grpc");
-}
 
-#[test]
-fn foreign_listener_and_tls_are_kept_and_foreign_edits_corrected() {
-    let sim = sim_http();
-    sim.put_config(
-        json!({"Kind": "service-defaults", "Name": "db", "Protocol": "tcp"}),
-        None,
-    )
-    .expect("accepted");
-    sim.put_config(
-        json!({
-            "Kind": "ingress-gateway", "Name": GATEWAY,
-            "TLS": {"Enabled": true},
-            "Meta": {"owner": "platform-team"},
-            "Listeners": [{"Port": 5432, "Protocol": "tcp", "Services": [{"Name": "db"}]}]
-        }),
-        None,
-    )
-    .expect("foreign entry accepted");
-    sim.add_service(service("shop", &[SHOP]));
-    let _daemon = Daemon::start(&base_env(&sim));
-    wait_until(EVENTUALLY, "shop routed", || {
-        converged(&sim, &[route("shop", &["shop.example.com"])])
-    });
-    let written = entry(&sim).expect("entry");
-    assert_eq!(written["TLS"]["Enabled"], true);
-    assert_eq!(written["Meta"]["owner"], "platform-team");
-    assert_eq!(written["Meta"]["managed-by"], "ingress-service-monitor");
-    assert_eq!(routes(&sim, 5432), [route("db", &[])]);
+    pub fn set_service_defaults_creates_missing_protocols(sim: &impl Consul) {
+        sim.put_config(
+            json!({"Kind": "service-defaults", "Name": "legacy", "Protocol": "tcp"}),
+            None,
+        )
+        .expect("accepted");
+        sim.add_service(service(
+            "web",
+            &["gw-traefik.http.routers.web.rule=Host(`web.example.com`)"],
+        ));
+        sim.add_service(service(
+            "legacy",
+            &["gw-traefik.http.routers.l.rule=Host(`legacy.example.com`)"],
+        ));
+        let _daemon = Daemon::start(&with(base_env(sim), &[("SETSERVICEDEFAULTS", "true")]));
+        wait_until(EVENTUALLY, "web routed", || {
+            converged(sim, &[route("web", &["web.example.com"])])
+        });
+        let created = sim
+            .config("service-defaults", "web")
+            .expect("service-defaults created");
+        assert_eq!(created["Protocol"], "http");
+        // An existing service-defaults entry is never overridden.
+        assert_eq!(
+            sim.config("service-defaults", "legacy").expect("kept")["Protocol"],
+            "tcp"
+        );
+    }
 
-    // Someone edits our listener by hand: the daemon puts it back, keeping their listener.
-    let mut edited = written.clone();
-    edited["Listeners"] = json!([
-        {"Port": 5432, "Protocol": "tcp", "Services": [{"Name": "db"}]},
-        {"Port": PORT, "Protocol": "http", "Services": [{"Name": "shop", "Hosts": ["wrong.example.com"]}]}
-    ]);
-    sim.put_config(edited, None).expect("edit accepted");
-    wait_until(EVENTUALLY, "our listener restored", || {
-        converged(&sim, &[route("shop", &["shop.example.com"])])
-    });
-    assert_eq!(routes(&sim, 5432), [route("db", &[])]);
-}
+    pub fn http2_and_grpc_services_get_their_listeners(sim: &impl Consul) {
+        for (name, protocol) in [("web", "http"), ("api", "http2"), ("rpc", "grpc")] {
+            sim.put_config(
+                json!({"Kind": "service-defaults", "Name": name, "Protocol": protocol}),
+                None,
+            )
+            .expect("accepted");
+            let tag = format!("gw-traefik.http.routers.{name}.rule=Host(`{name}.example.com`)");
+            sim.add_service(service(name, &[tag.as_str()]));
+        }
+        let env = with(
+            base_env(sim),
+            &[("INGRESSPORTHTTP2", "9998"), ("INGRESSPORTGRPC", "9999")],
+        );
+        let _daemon = Daemon::start(&env);
+        wait_until(EVENTUALLY, "three listeners", || {
+            routes(sim, 9997) == [route("web", &["web.example.com"])]
+                && routes(sim, 9998) == [route("api", &["api.example.com"])]
+                && routes(sim, 9999) == [route("rpc", &["rpc.example.com"])]
+        });
+        let entry = entry(sim).expect("entry");
+        assert_eq!(listener(&entry, 9998).expect("http2")["Protocol"], "http2");
+        assert_eq!(listener(&entry, 9999).expect("grpc")["Protocol"], "grpc");
+    }
 
-#[test]
-fn a_cas_conflict_is_resolved_by_reading_again_keeping_the_other_write() {
-    let sim = sim_http();
-    sim.put_config(
-        json!({"Kind": "service-defaults", "Name": "db", "Protocol": "tcp"}),
-        None,
-    )
-    .expect("accepted");
-    sim.add_service(service("shop", &[SHOP]));
-    let _daemon = Daemon::start(&base_env(&sim));
-    wait_until(EVENTUALLY, "shop routed", || {
-        converged(&sim, &[route("shop", &["shop.example.com"])])
-    });
+    pub fn foreign_listener_and_tls_are_kept_and_foreign_edits_corrected(sim: &impl Consul) {
+        sim.put_config(
+            json!({"Kind": "service-defaults", "Name": "db", "Protocol": "tcp"}),
+            None,
+        )
+        .expect("accepted");
+        sim.put_config(
+            json!({
+                "Kind": "ingress-gateway", "Name": GATEWAY,
+                "TLS": {"Enabled": true},
+                "Meta": {"owner": "platform-team"},
+                "Listeners": [{"Port": 5432, "Protocol": "tcp", "Services": [{"Name": "db"}]}]
+            }),
+            None,
+        )
+        .expect("foreign entry accepted");
+        sim.add_service(service("shop", &[SHOP]));
+        let _daemon = Daemon::start(&base_env(sim));
+        wait_until(EVENTUALLY, "shop routed", || {
+            converged(sim, &[route("shop", &["shop.example.com"])])
+        });
+        let written = entry(sim).expect("entry");
+        assert_eq!(written["TLS"]["Enabled"], true);
+        assert_eq!(written["Meta"]["owner"], "platform-team");
+        assert_eq!(written["Meta"]["managed-by"], "ingress-service-monitor");
+        assert_eq!(routes(sim, 5432), [route("db", &[])]);
 
-    // Another writer (an operator, another gateway instance) adds its listener between
-    // the daemon's read and its next write: that write's cas index is stale.
-    let mut theirs = entry(&sim).expect("entry");
-    let mut listeners = theirs["Listeners"].as_array().cloned().unwrap_or_default();
-    listeners.push(json!({"Port": 5432, "Protocol": "tcp", "Services": [{"Name": "db"}]}));
-    theirs["Listeners"] = Value::Array(listeners);
-    sim.race_next_config_write(theirs)
-        .expect("race entry valid");
-    let puts_before = config_put_sizes(&sim);
-    sim.add_service(service(
-        "cart",
-        &["gw-traefik.http.routers.cart.rule=Host(`cart.example.com`)"],
-    ));
+        // Someone edits our listener by hand: the daemon puts it back, keeping their listener.
+        let mut edited = written.clone();
+        edited["Listeners"] = json!([
+            {"Port": 5432, "Protocol": "tcp", "Services": [{"Name": "db"}]},
+            {"Port": PORT, "Protocol": "http", "Services": [{"Name": "shop", "Hosts": ["wrong.example.com"]}]}
+        ]);
+        sim.put_config(edited, None).expect("edit accepted");
+        wait_until(EVENTUALLY, "our listener restored", || {
+            converged(sim, &[route("shop", &["shop.example.com"])])
+        });
+        assert_eq!(routes(sim, 5432), [route("db", &[])]);
+    }
 
-    let both = vec![
-        route("cart", &["cart.example.com"]),
-        route("shop", &["shop.example.com"]),
-    ];
-    wait_until(EVENTUALLY, "cart added and the other listener kept", || {
-        converged(&sim, &both) && routes(&sim, 5432) == [route("db", &[])]
-    });
-    // The first write missed (false), the second, after reading again, landed.
-    let puts: Vec<usize> = config_put_sizes(&sim)[puts_before.len()..].to_vec();
-    assert_eq!(
-        puts,
-        [5, 4],
-        "response sizes of the PUTs after the race (false, then true)"
-    );
-}
+    pub fn a_cas_conflict_is_resolved_by_reading_again_keeping_the_other_write(sim: &impl Consul) {
+        sim.put_config(
+            json!({"Kind": "service-defaults", "Name": "db", "Protocol": "tcp"}),
+            None,
+        )
+        .expect("accepted");
+        sim.add_service(service("shop", &[SHOP]));
+        let _daemon = Daemon::start(&base_env(sim));
+        wait_until(EVENTUALLY, "shop routed", || {
+            converged(sim, &[route("shop", &["shop.example.com"])])
+        });
 
-#[test]
-fn nothing_is_written_when_nothing_changed() {
-    let sim = sim_http();
-    sim.add_service(service("shop", &[SHOP]));
-    let daemon = Daemon::start(&base_env(&sim));
-    wait_until(EVENTUALLY, "shop routed", || {
-        converged(&sim, &[route("shop", &["shop.example.com"])])
-    });
-    wait_until(EVENTUALLY, "/health ok", || daemon.health().0 == 200);
-    let indexes = sim.indexes();
-    let writes = write_requests(&sim);
-    let requests = sim.requests().len();
-    // The measured window itself: what the daemon does while nothing happens.
-    std::thread::sleep(Duration::from_secs(5));
-    assert_eq!(write_requests(&sim), writes, "no writes while idle");
-    assert_eq!(
-        sim.indexes(),
-        indexes,
-        "Consul's indexes did not move because of us"
-    );
-    let idle = sim.requests().len() - requests;
-    assert!(
-        idle <= 2,
-        "{idle} requests in 5 s of idle (expected at most the periodic agent check)"
-    );
+        // Another writer (an operator, another gateway instance) adds its listener between
+        // the daemon's read and its next write: that write's cas index is stale.
+        let mut theirs = entry(sim).expect("entry");
+        let mut listeners = theirs["Listeners"].as_array().cloned().unwrap_or_default();
+        listeners.push(json!({"Port": 5432, "Protocol": "tcp", "Services": [{"Name": "db"}]}));
+        theirs["Listeners"] = Value::Array(listeners);
+        sim.race_next_config_write(theirs);
+        let puts_before = sim.config_put_results();
+        sim.add_service(service(
+            "cart",
+            &["gw-traefik.http.routers.cart.rule=Host(`cart.example.com`)"],
+        ));
+
+        let both = vec![
+            route("cart", &["cart.example.com"]),
+            route("shop", &["shop.example.com"]),
+        ];
+        wait_until(EVENTUALLY, "cart added and the other listener kept", || {
+            converged(sim, &both) && routes(sim, 5432) == [route("db", &[])]
+        });
+        // The first write missed (false), the second, after reading again, landed.
+        let puts = sim.config_put_results()[puts_before.len()..].to_vec();
+        assert_eq!(
+            puts,
+            [false, true],
+            "answers to the PUTs after the race (a CAS miss, then written)"
+        );
+    }
+
+    /// Sidecar proxies copy their parent's tags and gateways may carry any tag: neither
+    /// is ever exposed, warned about or counted, whether or not Consul applies the
+    /// catalog filter (Consul 1.8.7 ignores `filter=` on `/v1/catalog/services`).
+    pub fn sidecars_and_gateways_are_never_exposed_or_warned_about(sim: &impl Consul) {
+        sim.add_service(service("shop", &[SHOP]));
+        sim.add_service(ServiceSpec {
+            kind: "connect-proxy".into(),
+            port: 21000,
+            ..service("shop-sidecar-proxy", &[SHOP])
+        });
+        sim.add_service(ServiceSpec {
+            kind: "ingress-gateway".into(),
+            port: 8888,
+            ..service(
+                "other-gateway",
+                &["gw-traefik.http.routers.og.rule=Host(`other-gateway.example.com`)"],
+            )
+        });
+        sim.add_service(ServiceSpec {
+            kind: "terminating-gateway".into(),
+            port: 8889,
+            ..service(
+                "egress",
+                &["gw-traefik.http.routers.eg.rule=Host(`egress.example.com`)"],
+            )
+        });
+        let daemon = Daemon::start(&base_env(sim));
+        wait_until(EVENTUALLY, "only shop routed", || {
+            converged(sim, &[route("shop", &["shop.example.com"])])
+        });
+        wait_until(EVENTUALLY, "/health ok", || daemon.health().0 == 200);
+        let health: Value = serde_json::from_str(&daemon.health().1).expect("health JSON");
+        assert_eq!(health["services_exposed"], 1, "{health}");
+        assert_eq!(health["warnings"], 0, "{health}");
+        let tags = strings(&[
+            "traefik.enable=true",
+            "traefik.http.routers.shop.rule=Host(`shop.example.com`)",
+        ]);
+        wait_until(
+            EVENTUALLY,
+            "only shop's tags on the ingress service",
+            || ingress_tags(sim) == Some(tags.clone()),
+        );
+        let out = daemon.output();
+        for name in ["shop-sidecar-proxy", "other-gateway", "egress"] {
+            assert!(!out.contains(name), "{name} named in the output:\n{out}");
+        }
+    }
+
+    /// A daemon restarted (SIGTERM, then started again) over a converged gateway registers
+    /// again and writes no config entry: the entry is already what it would write.
+    pub fn a_restarted_daemon_writes_nothing(sim: &impl Consul) {
+        sim.add_service(service("shop", &[SHOP]));
+        let mut daemon = Daemon::start(&base_env(sim));
+        wait_until(EVENTUALLY, "shop routed", || {
+            converged(sim, &[route("shop", &["shop.example.com"])])
+        });
+        wait_until(EVENTUALLY, "/health ok", || daemon.health().0 == 200);
+        daemon.signal("TERM");
+        assert_eq!(daemon.wait_exit(Duration::from_secs(6)).code(), Some(0));
+        let modify_index = entry(sim).expect("entry")["ModifyIndex"].clone();
+        let writes = sim.writes().len();
+
+        let daemon = Daemon::start(&base_env(sim));
+        wait_until(EVENTUALLY, "registered again", || {
+            ingress_tags(sim).is_some()
+        });
+        wait_until(EVENTUALLY, "/health ok again", || daemon.health().0 == 200);
+        // The measured window: what the restarted daemon does once it has converged.
+        std::thread::sleep(Duration::from_secs(2));
+        let config_writes: Vec<String> = sim.writes()[writes..]
+            .iter()
+            .filter(|w| w.starts_with("PUT /v1/config"))
+            .cloned()
+            .collect();
+        assert_eq!(
+            config_writes,
+            Vec::<String>::new(),
+            "config-entry writes after the restart"
+        );
+        assert_eq!(
+            entry(sim).expect("entry")["ModifyIndex"],
+            modify_index,
+            "the entry did not move"
+        );
+    }
+
+    pub fn nothing_is_written_when_nothing_changed(sim: &impl Consul) {
+        sim.add_service(service("shop", &[SHOP]));
+        let daemon = Daemon::start(&base_env(sim));
+        wait_until(EVENTUALLY, "shop routed", || {
+            converged(sim, &[route("shop", &["shop.example.com"])])
+        });
+        wait_until(EVENTUALLY, "/health ok", || daemon.health().0 == 200);
+        let indexes = sim.indexes();
+        let writes = sim.writes();
+        let requests = sim.request_count();
+        // The measured window itself: what the daemon does while nothing happens.
+        std::thread::sleep(Duration::from_secs(5));
+        let idle = sim.request_count() - requests;
+        assert_eq!(sim.writes(), writes, "no writes while idle");
+        assert_eq!(
+            sim.indexes(),
+            indexes,
+            "Consul's indexes did not move because of us"
+        );
+        assert!(
+            idle <= 2,
+            "{idle} requests in 5 s of idle (expected at most the periodic agent check)"
+        );
+    }
+
+    pub fn sigterm_deregisters_and_exits_0_keeping_the_entry(sim: &impl Consul) {
+        sim.add_service(service("shop", &[SHOP]));
+        let mut daemon = Daemon::start(&base_env(sim));
+        wait_until(EVENTUALLY, "registered", || ingress_tags(sim).is_some());
+        let sent = Instant::now();
+        daemon.signal("TERM");
+        let status = daemon.wait_exit(Duration::from_secs(6));
+        assert!(sent.elapsed() < Duration::from_secs(5), "exited within 5 s");
+        assert_eq!(status.code(), Some(0), "output:\n{}", daemon.output());
+        assert!(sim.agent_service(INGRESS_ID).is_none(), "deregistered");
+        assert!(
+            entry(sim).is_some(),
+            "the config entry stays for other instances"
+        );
+    }
+
+    pub fn fabio_mode(sim: &impl Consul) {
+        sim.add_service(service(
+            "shop",
+            &[
+                "gw-urlprefix-shop.example.com/ strip=/shop",
+                "gw-urlprefix-/api",
+            ],
+        ));
+        sim.add_service(service("tcp", &["gw-urlprefix-:3306 proto=tcp"]));
+        let _daemon = Daemon::start(&with(base_env(sim), &[("TYPEGATEWAY", "fabio")]));
+        wait_until(EVENTUALLY, "shop routed", || {
+            converged(sim, &[route("shop", &["shop.example.com"])])
+        });
+        let tags = strings(&[
+            "urlprefix-/api",
+            "urlprefix-:3306 proto=tcp",
+            "urlprefix-shop.example.com/ strip=/shop",
+        ]);
+        wait_until(EVENTUALLY, "fabio tags, no traefik.enable", || {
+            ingress_tags(sim) == Some(tags.clone())
+        });
+    }
+
+    pub fn dry_run_prints_the_plan_and_writes_nothing(sim: &impl Consul) {
+        sim.add_service(service("shop", &[SHOP]));
+        let before = sim.writes(); // the test's own set-up, on the real agent
+        let mut daemon = Daemon::start_with_args(&base_env(sim), &["--dry-run"]);
+        assert_eq!(
+            daemon.wait_exit(EVENTUALLY).code(),
+            Some(0),
+            "{}",
+            daemon.output()
+        );
+        let out = daemon.output();
+        assert!(out.contains("\"shop.example.com\""), "{out}");
+        assert!(out.contains("traefik.enable=true"), "{out}");
+        assert_eq!(sim.writes(), before, "the dry run wrote nothing");
+        assert!(entry(sim).is_none());
+    }
 }
 
 #[test]
@@ -532,24 +743,6 @@ fn denied_then_granted_and_the_token_never_shows() {
 }
 
 #[test]
-fn sigterm_deregisters_and_exits_0_keeping_the_entry() {
-    let sim = sim_http();
-    sim.add_service(service("shop", &[SHOP]));
-    let mut daemon = Daemon::start(&base_env(&sim));
-    wait_until(EVENTUALLY, "registered", || ingress_tags(&sim).is_some());
-    let sent = Instant::now();
-    daemon.signal("TERM");
-    let status = daemon.wait_exit(Duration::from_secs(6));
-    assert!(sent.elapsed() < Duration::from_secs(5), "exited within 5 s");
-    assert_eq!(status.code(), Some(0), "output:\n{}", daemon.output());
-    assert!(sim.agent_service(INGRESS_ID).is_none(), "deregistered");
-    assert!(
-        entry(&sim).is_some(),
-        "the config entry stays for other instances"
-    );
-}
-
-#[test]
 fn sigterm_with_the_agent_unreachable_exits_1_within_5_seconds() {
     let sim = sim_http();
     sim.add_service(service("shop", &[SHOP]));
@@ -651,31 +844,6 @@ fn a_wrong_ca_is_refused_without_falling_back_to_plaintext() {
 }
 
 #[test]
-fn fabio_mode() {
-    let sim = sim_http();
-    sim.add_service(service(
-        "shop",
-        &[
-            "gw-urlprefix-shop.example.com/ strip=/shop",
-            "gw-urlprefix-/api",
-        ],
-    ));
-    sim.add_service(service("tcp", &["gw-urlprefix-:3306 proto=tcp"]));
-    let _daemon = Daemon::start(&with(base_env(&sim), &[("TYPEGATEWAY", "fabio")]));
-    wait_until(EVENTUALLY, "shop routed", || {
-        converged(&sim, &[route("shop", &["shop.example.com"])])
-    });
-    let tags = strings(&[
-        "urlprefix-/api",
-        "urlprefix-:3306 proto=tcp",
-        "urlprefix-shop.example.com/ strip=/shop",
-    ]);
-    wait_until(EVENTUALLY, "fabio tags, no traefik.enable", || {
-        ingress_tags(&sim) == Some(tags.clone())
-    });
-}
-
-#[test]
 fn bad_configuration_exits_2_naming_each_variable() {
     let env = vec![
         ("SERVICENAMEINGRESSGATEWAY".to_string(), "edge".to_string()),
@@ -762,24 +930,6 @@ fn a_value_that_is_not_utf8_exits_2_naming_its_variable() {
     );
     assert!(!err.contains("s3cr3t"), "{err}");
     assert!(sim.requests().is_empty(), "{:?}", sim.requests());
-}
-
-#[test]
-fn dry_run_prints_the_plan_and_writes_nothing() {
-    let sim = sim_http();
-    sim.add_service(service("shop", &[SHOP]));
-    let mut daemon = Daemon::start_with_args(&base_env(&sim), &["--dry-run"]);
-    assert_eq!(
-        daemon.wait_exit(EVENTUALLY).code(),
-        Some(0),
-        "{}",
-        daemon.output()
-    );
-    let out = daemon.output();
-    assert!(out.contains("\"shop.example.com\""), "{out}");
-    assert!(out.contains("traefik.enable=true"), "{out}");
-    assert_eq!(write_requests(&sim), 0);
-    assert!(entry(&sim).is_none());
 }
 
 #[test]

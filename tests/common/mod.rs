@@ -4,6 +4,7 @@
 //! guard drops, whatever path the test takes out.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod consul;
 pub mod proxy;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -55,12 +56,18 @@ pub fn service(name: &str, tags: &[&str]) -> ServiceSpec {
     ServiceSpec::new(name, tags)
 }
 
-/// The variables every test needs, pointing at `sim`.
-pub fn base_env(sim: &Sim) -> Vec<(String, String)> {
+/// The variables every test needs, pointing at `consul` (the simulator or a real agent,
+/// with the agent's token when the test gave the daemon one).
+pub fn base_env(consul: &impl consul::Consul) -> Vec<(String, String)> {
+    consul.env()
+}
+
+/// The variables every test needs, pointing at `url`.
+pub fn env_for(url: &str) -> Vec<(String, String)> {
     [
         ("TAGINGRESSSERVICE", PREFIX.to_string()),
         ("SERVICENAMEINGRESSGATEWAY", GATEWAY.to_string()),
-        ("CONSULHTTPURL", sim.url()),
+        ("CONSULHTTPURL", url.to_string()),
         ("HEALTHPORT", "0".to_string()),
         ("RUST_LOG", "info,ingress_service_monitor=debug".to_string()),
     ]
@@ -242,8 +249,8 @@ pub fn http_request(port: u16, method: &str, path: &str) -> (u16, String) {
 }
 
 /// The gateway's config entry, if any.
-pub fn entry(sim: &Sim) -> Option<Value> {
-    sim.config("ingress-gateway", GATEWAY)
+pub fn entry(consul: &impl consul::Consul) -> Option<Value> {
+    consul.config("ingress-gateway", GATEWAY)
 }
 
 /// Listener on `port` of the entry.
@@ -256,8 +263,8 @@ pub fn listener(entry: &Value, port: u16) -> Option<Value> {
 }
 
 /// Service name -> hosts, on the listener at `port` (empty when absent).
-pub fn routes(sim: &Sim, port: u16) -> Vec<(String, Vec<String>)> {
-    let Some(entry) = entry(sim) else {
+pub fn routes(consul: &impl consul::Consul, port: u16) -> Vec<(String, Vec<String>)> {
+    let Some(entry) = entry(consul) else {
         return Vec::new();
     };
     let Some(listener) = listener(&entry, port) else {
@@ -295,8 +302,8 @@ pub fn route(name: &str, hosts: &[&str]) -> (String, Vec<String>) {
 }
 
 /// Tags of the ingress service at the agent, sorted.
-pub fn ingress_tags(sim: &Sim) -> Option<Vec<String>> {
-    let service = sim.agent_service(INGRESS_ID)?;
+pub fn ingress_tags(consul: &impl consul::Consul) -> Option<Vec<String>> {
+    let service = consul.agent_service(INGRESS_ID)?;
     let mut tags: Vec<String> = service["Tags"]
         .as_array()?
         .iter()

@@ -30,9 +30,10 @@ pub fn tool(var: &str, what: &str) -> String {
 /// must all name a port before anything listens on it, so the test takes one up front
 /// and closes it at once (another process could take it in between: the process using
 /// it then fails to start, and the test with it, loudly).
+/// Never the same port twice in this process (the OS readily gives a just-released port
+/// again, and two of one run's ports must differ): the agent harness's chooser.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local addr").port()
+    crate::common::consul::free_port()
 }
 
 /// An external process with its output collected. Killed (by PID) when dropped, on
