@@ -8,7 +8,8 @@
 //!   hostnames (none: every host) with its matches. A (hostname, match) claimed by two
 //!   services goes to the one whose name sorts first; the same hostname on different
 //!   paths is the point of path routing, not a conflict.
-//! - Routes are named `<gateway>-<service>`, then `-2`, `-3`... for further host sets,
+//! - Routes are named `<gateway>-<service>`, then `-2`, `-3`... for further host sets
+//!   (skipping a number that is another service's first name),
 //!   carry our Meta (`managed-by`, `ingress-service-monitor-gateway`), and bind to our
 //!   listener by `SectionName`. Routes of ours no longer planned are deleted by the diff.
 //! - Released Consul binds http-routes only to services whose protocol is `http`: any
@@ -50,9 +51,9 @@ pub fn plan(
         settings.gateway_key(),
         gateway_entry(settings, current, &listener),
     )];
-    for (service, groups) in &kept {
-        for (n, group) in groups.iter().enumerate() {
-            let name = route_name(&settings.gateway_name, service, n);
+    let names = route_names(&settings.gateway_name, &kept);
+    for ((service, groups), names) in kept.iter().zip(names) {
+        for (group, name) in groups.iter().zip(names) {
             let body = route(settings, &listener, &name, service, group);
             entries.push(DesiredEntry::new(
                 EntryKey::new(Kind::HttpRoute, name),
@@ -67,16 +68,30 @@ pub fn plan(
     }
 }
 
-/// `<gateway>-<service>`, then `-2`, `-3`...
-fn route_name(gateway: &str, service: &str, n: usize) -> String {
-    match n {
-        0 => format!("{gateway}-{service}"),
-        n => format!("{gateway}-{service}-{}", n + 1),
-    }
+/// For each service (in `kept`'s order), the names of its routes: `<gateway>-<service>`
+/// for the first group, then `-2`, `-3`... skipping any number that would give another
+/// service's first name (service `web`'s second route and service `web-2`'s first would
+/// both be `edge-web-2`). Further names cannot collide with each other: their last
+/// `-<number>` is the same only when the service is.
+fn route_names(gateway: &str, kept: &BTreeMap<&str, Vec<RouteGroup>>) -> Vec<Vec<String>> {
+    let first = |service: &str| format!("{gateway}-{service}");
+    let firsts: BTreeSet<String> = kept.keys().map(|service| first(service)).collect();
+    kept.iter()
+        .map(|(service, groups)| {
+            let further = (2..)
+                .map(|n| format!("{gateway}-{service}-{n}"))
+                .filter(|name| !firsts.contains(name));
+            std::iter::once(first(service))
+                .chain(further)
+                .take(groups.len())
+                .collect()
+        })
+        .collect()
 }
 
 /// The name of the listener on our port if it has a usable one, else [`LISTENER_NAME`]
-/// (or `http-<port>` when another port's listener already has that name).
+/// (or `http-<port>`, then `http-<port>-2`..., when another port's listener already has
+/// that name).
 fn listener_name(settings: &PlanSettings, current: Option<&Body>) -> String {
     let listeners = listeners(current);
     let on_our_port = listeners
@@ -88,13 +103,20 @@ fn listener_name(settings: &PlanSettings, current: Option<&Body>) -> String {
     if let Some(name) = on_our_port {
         return name.to_owned();
     }
-    let taken = listeners
+    // Listener names are unique in the entry: none of another port's may be reused.
+    let port = settings.ingress_port;
+    let taken: BTreeSet<&str> = listeners
         .iter()
-        .any(|l| l.get("Name").and_then(Value::as_str) == Some(LISTENER_NAME));
-    match taken {
-        false => LISTENER_NAME.to_owned(),
-        true => format!("{LISTENER_NAME}-{}", settings.ingress_port),
-    }
+        .filter(|l| port_of(l) != Some(port))
+        .filter_map(|l| l.get("Name").and_then(Value::as_str))
+        .collect();
+    std::iter::once(LISTENER_NAME.to_owned())
+        .chain((1..).map(|n| match n {
+            1 => format!("{LISTENER_NAME}-{port}"),
+            n => format!("{LISTENER_NAME}-{port}-{n}"),
+        }))
+        .find(|name| !taken.contains(name.as_str()))
+        .unwrap_or_else(|| LISTENER_NAME.to_owned())
 }
 
 fn listeners(current: Option<&Body>) -> Vec<&Map<String, Value>> {
@@ -372,3 +394,7 @@ fn route(
     body.insert("Rules".into(), Value::Array(vec![rule]));
     body
 }
+
+#[cfg(test)]
+#[path = "api_gateway_tests.rs"]
+mod tests;
