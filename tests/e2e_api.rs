@@ -413,11 +413,12 @@ fn backends(list: &[&Backend]) -> BTreeMap<String, u16> {
 
 #[test]
 #[ignore = "needs Traefik and Envoy (installed by .ci/run)"]
-fn two_services_on_one_host_route_by_path_and_one_leaving_stops_only_its_path() {
+fn services_share_one_host_by_path_and_one_leaving_stops_only_its_path() {
     require_tools();
     let shop = Backend::start_echoing_path("shop");
     let blog = Backend::start_echoing_path("blog");
-    let backends = backends(&[&shop, &blog]);
+    let checkout = Backend::start_echoing_path("shop-checkout");
+    let backends = backends(&[&shop, &blog, &checkout]);
     let ports = Ports::pick();
     let sim = sim_with_checks();
     sim.add_service(exposed(
@@ -428,11 +429,19 @@ fn two_services_on_one_host_route_by_path_and_one_leaving_stops_only_its_path() 
         &blog,
         &format!("Host(`{HOST}`) && PathPrefix(`/blog`)"),
     ));
+    // A longer prefix inside shop's: its route (edge-shop-checkout) comes after
+    // edge-shop, so only Consul's ordering (longer path first) lets it win, as Traefik's
+    // (longer rule first) does.
+    sim.add_service(exposed(
+        &checkout,
+        &format!("Host(`{HOST}`) && PathPrefix(`/shop/checkout`)"),
+    ));
 
     let _daemon = Daemon::start(&api_env(&sim, &ports));
     // Only the names: whether hosts and paths are right is for the requests to show.
-    wait_until(EVENTUALLY, "both routes written and bound", || {
-        bound_routes(&sim, ports.gateway).is_some_and(|r| r == ["edge-blog", "edge-shop"])
+    wait_until(EVENTUALLY, "the three routes written and bound", || {
+        bound_routes(&sim, ports.gateway)
+            .is_some_and(|r| r == ["edge-blog", "edge-shop", "edge-shop-checkout"])
     });
     let mut envoy = start_envoy_from_entries(&sim, &ports, &backends);
     wait_check_passing(&sim, &mut envoy);
@@ -444,6 +453,9 @@ fn two_services_on_one_host_route_by_path_and_one_leaving_stops_only_its_path() 
         ("/blog/2026/post", "blog"),
         ("/shop", "shop"),
         ("/blog", "blog"),
+        ("/shop/checkout/pay", "shop-checkout"),
+        // A plain string prefix, in Traefik and in Consul alike.
+        ("/shopping", "shop"),
     ] {
         eventually(
             &mut [&mut traefik, &mut envoy],
@@ -470,8 +482,8 @@ fn two_services_on_one_host_route_by_path_and_one_leaving_stops_only_its_path() 
     // shop loses its gateway tag: its route is deleted and its router leaves the ingress
     // service's tags; Traefik stops routing /shop while /blog keeps answering.
     sim.set_service_tags("node-1", "shop", &["version=1"]);
-    wait_until(EVENTUALLY, "only blog's route remains", || {
-        bound_routes(&sim, ports.gateway).is_some_and(|r| r == ["edge-blog"])
+    wait_until(EVENTUALLY, "shop's route deleted", || {
+        bound_routes(&sim, ports.gateway).is_some_and(|r| r == ["edge-blog", "edge-shop-checkout"])
     });
     eventually(
         &mut [&mut traefik, &mut envoy],
@@ -480,11 +492,16 @@ fn two_services_on_one_host_route_by_path_and_one_leaving_stops_only_its_path() 
         || through_traefik("/shop/cart"),
         is_traefik_404,
     );
-    let seen = through_traefik("/blog/2026/post");
-    assert!(
-        reached(&seen, "blog", "/blog/2026/post"),
-        "/blog after shop left: {seen:?}"
-    );
+    for (path, backend) in [
+        ("/blog/2026/post", "blog"),
+        ("/shop/checkout", "shop-checkout"),
+    ] {
+        let seen = through_traefik(path);
+        assert!(
+            reached(&seen, backend, path),
+            "{path} after shop left: {seen:?}"
+        );
+    }
 
     // The gateway configured from the entries as they are now (Consul's xDS would push
     // the change; the stand-in restarts Envoy): it no longer routes /shop either.
@@ -492,11 +509,13 @@ fn two_services_on_one_host_route_by_path_and_one_leaving_stops_only_its_path() 
     let mut envoy = start_envoy_from_entries(&sim, &ports, &backends);
     let direct = get(ports.gateway, HOST, "/shop/cart");
     assert!(is_envoy_404(&direct), "the gateway on /shop: {direct:?}");
-    let direct = get(ports.gateway, HOST, "/blog");
-    assert!(
-        reached(&direct, "blog", "/blog"),
-        "the gateway on /blog: {direct:?}"
-    );
+    for (path, backend) in [("/blog", "blog"), ("/shop/checkout/pay", "shop-checkout")] {
+        let direct = get(ports.gateway, HOST, path);
+        assert!(
+            reached(&direct, backend, path),
+            "the gateway on {path}: {direct:?}"
+        );
+    }
     wait_check_passing(&sim, &mut envoy);
     eventually(
         &mut [&mut traefik, &mut envoy],
