@@ -32,8 +32,8 @@ use consul_sim::{ServiceSpec, Sim, SimOptions};
 use serde_json::{json, Map, Value};
 use stack::{
     envoy_cluster, envoy_http_listener, envoy_ready_listener, envoy_socket, eventually, free_port,
-    get, is_envoy_404, is_traefik_404, start_envoy, start_traefik, tool, Backend, Process,
-    ENVOY_BIN, TRAEFIK_BIN,
+    get, is_envoy_404, is_traefik_404, request_with_headers, start_envoy, start_traefik, tool,
+    Backend, Process, ENVOY_BIN, TRAEFIK_BIN,
 };
 
 const HOST: &str = "example.com";
@@ -582,5 +582,77 @@ fn a_path_without_host_routes_every_host() {
     // for example.com: narrower than Traefik, never wider.
     let seen = get(ports.traefik_web, HOST, "/docs/intro");
     assert!(is_envoy_404(&seen), "{HOST}/docs/intro: {seen:?}");
+    assert_traefik_reads_were_served(&sim);
+}
+
+/// (method, path, request headers, the backend that must answer).
+type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
+
+#[test]
+#[ignore = "needs Traefik and Envoy (installed by .ci/run)"]
+fn method_header_query_and_exact_path_route_as_traefik_would() {
+    require_tools();
+    let api = Backend::start_echoing_path("api");
+    let beta = Backend::start_echoing_path("api-beta");
+    let search = Backend::start_echoing_path("api-search");
+    let status = Backend::start_echoing_path("status");
+    let backends = backends(&[&api, &beta, &search, &status]);
+    let ports = Ports::pick();
+    let sim = sim_with_checks();
+    // Routes named in this order (edge-api first): without Consul's ordering (longer
+    // path, then more headers, then more query) the plain /api prefix would take every
+    // request. Traefik orders the routers by rule length, which agrees on these.
+    sim.add_service(exposed(
+        &api,
+        &format!("Host(`{HOST}`) && PathPrefix(`/api`)"),
+    ));
+    sim.add_service(exposed(
+        &beta,
+        &format!("Host(`{HOST}`) && PathPrefix(`/api`) && Header(`X-Beta`, `on`)"),
+    ));
+    sim.add_service(exposed(
+        &search,
+        &format!("Host(`{HOST}`) && PathPrefix(`/api`) && Query(`q`, `rust`)"),
+    ));
+    sim.add_service(exposed(
+        &status,
+        &format!("Host(`{HOST}`) && Path(`/api/status`) && Method(`GET`)"),
+    ));
+
+    let _daemon = Daemon::start(&api_env(&sim, &ports));
+    wait_until(EVENTUALLY, "the four routes written and bound", || {
+        bound_routes(&sim, ports.gateway).is_some_and(|r| {
+            r == [
+                "edge-api",
+                "edge-api-beta",
+                "edge-api-search",
+                "edge-status",
+            ]
+        })
+    });
+    let mut envoy = start_envoy_from_entries(&sim, &ports, &backends);
+    wait_check_passing(&sim, &mut envoy);
+    let mut traefik = start_traefik_pinged(&sim, &ports);
+
+    let cases: [Case; 8] = [
+        ("GET", "/api/items", &[], "api"),
+        ("GET", "/api/items", &[("X-Beta", "on")], "api-beta"),
+        ("GET", "/api/items", &[("X-Beta", "off")], "api"),
+        ("GET", "/api/items?q=rust", &[], "api-search"),
+        ("GET", "/api/items?q=go", &[], "api"),
+        ("GET", "/api/status", &[], "status"),
+        // The exact path and the method are both conditions of status's match.
+        ("POST", "/api/status", &[], "api"),
+        ("GET", "/api/status/history", &[], "api"),
+    ];
+    for (method, path, headers, backend) in cases {
+        eventually(
+            &mut [&mut traefik, &mut envoy],
+            EVENTUALLY,
+            &format!("{method} {HOST}{path} {headers:?} through Traefik reaches {backend}"),
+            || request_with_headers(ports.traefik_web, method, HOST, path, headers),
+            |seen| reached(seen, backend, path),
+        );
+    }
     assert_traefik_reads_were_served(&sim);
 }

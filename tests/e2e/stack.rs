@@ -199,12 +199,27 @@ impl Drop for Backend {
 /// One HTTP/1.1 request to 127.0.0.1:`port` with the given Host header ->
 /// `Some((status, body))`, or `None` when nothing answered (not listening yet, reset).
 pub fn request(port: u16, method: &str, host: &str, path: &str) -> Option<(u16, String)> {
+    request_with_headers(port, method, host, path, &[])
+}
+
+/// [`request`] with further request headers.
+pub fn request_with_headers(
+    port: u16,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Option<(u16, String)> {
     let mut stream =
         TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
     let mut response = Vec::new();
