@@ -188,6 +188,36 @@ fn observe(target: &Target) -> Vec<(String, String)> {
         "catalog services, malformed filter",
         malformed.status.to_string(),
     );
+    // Where the filter is ignored the daemon reads the UI's summary for each kind.
+    let summary = target.send("GET", "/v1/internal/ui/services", None);
+    note("ui services: status", summary.status.to_string());
+    note("ui services: (kind, name, tags)", {
+        let mut seen: Vec<String> = summary
+            .json()
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| {
+                let mut tags: Vec<String> = s["Tags"]
+                    .as_array()
+                    .map(|t| t.iter().map(|t| t.to_string()).collect())
+                    .unwrap_or_default();
+                tags.sort();
+                format!(
+                    "{}:{}:{}",
+                    s["Kind"].as_str().unwrap_or(""),
+                    s["Name"],
+                    tags.join(",")
+                )
+            })
+            .collect();
+        seen.sort();
+        seen.join(" ")
+    });
+    note(
+        "ui services X-Consul-Index present",
+        summary.index.is_some().to_string(),
+    );
     let all = target.send("GET", "/v1/catalog/services", None);
     note(
         "catalog lists the consul service",
@@ -712,6 +742,7 @@ fn every_known_difference_is_in_the_readme() {
 /// The endpoints the steps above compare, as (method, path without query).
 const COMPARED: &[(&str, &str)] = &[
     ("GET", "/v1/catalog/services"),
+    ("GET", "/v1/internal/ui/services"),
     ("GET", "/v1/config/service-defaults"),
     ("GET", "/v1/config/proxy-defaults/global"),
     ("GET", "/v1/config/ingress-gateway/edge"),

@@ -314,6 +314,7 @@ fn build_response(reply: Reply, acl: bool) -> Response<Full<Bytes>> {
 
 enum Route {
     CatalogServices,
+    UiServices,
     CatalogService(String),
     HealthService(String),
     HealthState(String),
@@ -334,6 +335,7 @@ fn resolve_route(path: &str) -> Option<(Route, &'static [&'static str])> {
     let rest = |prefix: &str| path.strip_prefix(prefix).map(str::to_string);
     let route = match path {
         "/v1/catalog/services" => (Route::CatalogServices, GET),
+        "/v1/internal/ui/services" => (Route::UiServices, GET),
         "/v1/agent/service/register" => (Route::Register, PUT),
         "/v1/agent/services" => (Route::AgentServices, GET),
         "/v1/agent/checks" => (Route::AgentChecks, GET),
@@ -389,6 +391,7 @@ async fn route(shared: &Arc<Shared>, req: &Req) -> Reply {
     }
     let result = match route {
         Route::CatalogServices => catalog_services(shared, req).await,
+        Route::UiServices => ui_services(shared, req).await,
         Route::CatalogService(name) => catalog_service(shared, req, &name).await,
         Route::HealthService(name) => health_service(shared, req, &name).await,
         Route::HealthState(state) => health_state(shared, req, &state).await,
@@ -547,6 +550,57 @@ fn fingerprint(body: &Value) -> u64 {
 }
 
 // ---------------------------------------------------------------- catalog and health
+
+/// `GET /v1/internal/ui/services` (the UI's summary, what Consul 1.8 offers where
+/// `/v1/catalog/services` ignores `filter=`): one element per service name with its
+/// `Kind` (left out when typical), `Name`, the union of its instances' `Tags`, its
+/// `Nodes` and `InstanceCount`. Blocking on the services table.
+async fn ui_services(shared: &Arc<Shared>, req: &Req) -> HResult {
+    ent_meta(shared, req)?;
+    let opts = query_opts(req)?;
+    check_dc(req)?;
+    let authz = resolve(shared, req, true)?;
+    let wait = effective_wait(shared, opts.wait_ns);
+    Ok(
+        blocking::query(shared, &[TableKind::Services], opts.index, wait, |st| {
+            type Summary<'a> = (&'a str, BTreeSet<&'a str>, BTreeSet<&'a str>, usize);
+            let mut services: BTreeMap<&str, Summary<'_>> = BTreeMap::new();
+            for row in st.catalog.values() {
+                if !authz.can_read(Resource::Service(&row.name)) {
+                    continue;
+                }
+                let entry = services.entry(&row.name).or_insert((
+                    row.kind.as_str(),
+                    BTreeSet::new(),
+                    BTreeSet::new(),
+                    0,
+                ));
+                entry.1.extend(row.tags.iter().map(String::as_str));
+                entry.2.insert(row.node.as_str());
+                entry.3 += 1;
+            }
+            let body: Vec<Value> = services
+                .into_iter()
+                .map(|(name, (kind, tags, nodes, count))| {
+                    let mut service = Map::new();
+                    if !kind.is_empty() {
+                        service.insert("Kind".into(), json!(kind));
+                    }
+                    service.insert("Name".into(), json!(name));
+                    service.insert("Tags".into(), json!(tags));
+                    service.insert("Nodes".into(), json!(nodes));
+                    service.insert("InstanceCount".into(), json!(count));
+                    Value::Object(service)
+                })
+                .collect();
+            let index = st.services_index;
+            let reply =
+                Reply::json(&Value::Array(body), req.pretty()).meta(index, opts.consistency, false);
+            (reply, index, Kind::Plain)
+        })
+        .await,
+    )
+}
 
 async fn catalog_services(shared: &Arc<Shared>, req: &Req) -> HResult {
     ent_meta(shared, req)?;

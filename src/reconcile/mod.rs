@@ -479,7 +479,7 @@ impl Reconciler {
         match answer {
             Ok(true) => {
                 self.logs.write(key.kind).ok();
-                tracing::info!(gateway = %self.settings.gateway_name, services = self.report.exposed, "wrote {} config entry", key.kind);
+                tracing::info!(gateway = %self.settings.gateway_name, entry = %key.name, services = self.report.exposed, "wrote {} config entry", key.kind);
                 self.overlay.learn(key.clone(), watched, Some(body));
                 self.last_written.insert(key.clone(), Instant::now());
                 Ok(true)
