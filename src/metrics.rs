@@ -364,8 +364,15 @@ pub fn parse_boot_time(stat: &str) -> Option<u64> {
 /// The whole exposition, families in a fixed order, each with `# HELP` and `# TYPE`.
 pub fn render(snapshot: &Snapshot, health: &HealthState, process: &Process) -> String {
     let mut out = String::with_capacity(4096);
-    let o = &mut out;
+    state_gauges(&mut out, health);
+    counters(&mut out, snapshot);
+    reaction_histogram(&mut out, &snapshot.reaction);
+    process_metrics(&mut out, process);
+    out
+}
 
+/// The gauges that say what /health says.
+fn state_gauges(o: &mut String, health: &HealthState) {
     family(
         o,
         "ism_build_info",
@@ -415,7 +422,9 @@ pub fn render(snapshot: &Snapshot, health: &HealthState, process: &Process) -> S
         &[],
         float(health.last_sync.map_or(0.0, epoch_seconds)),
     );
+}
 
+fn counters(o: &mut String, snapshot: &Snapshot) {
     family(
         o,
         "ism_reconciles_total",
@@ -476,14 +485,15 @@ pub fn render(snapshot: &Snapshot, health: &HealthState, process: &Process) -> S
     for (watch, n) in &snapshot.watch_errors {
         sample(o, "ism_watch_errors_total", &[("watch", *watch)], n);
     }
+}
 
+fn reaction_histogram(o: &mut String, reaction: &Histogram) {
     family(
         o,
         "ism_reaction_seconds",
         "histogram",
         "Seconds from a watch answer that changed the plan to the last write that carried it out.",
     );
-    let reaction = &snapshot.reaction;
     let mut cumulative = 0;
     for (i, bound) in REACTION_BUCKETS.iter().enumerate() {
         cumulative += reaction.counts[i];
@@ -502,7 +512,10 @@ pub fn render(snapshot: &Snapshot, health: &HealthState, process: &Process) -> S
     );
     sample(o, "ism_reaction_seconds_sum", &[], float(reaction.sum));
     sample(o, "ism_reaction_seconds_count", &[], reaction.count);
+}
 
+/// The standard process metrics; each left out when /proc could not be read.
+fn process_metrics(o: &mut String, process: &Process) {
     if let Some(bytes) = process.resident_memory_bytes {
         family(
             o,
@@ -539,7 +552,6 @@ pub fn render(snapshot: &Snapshot, health: &HealthState, process: &Process) -> S
         );
         sample(o, "process_start_time_seconds", &[], float(seconds));
     }
-    out
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {

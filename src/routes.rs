@@ -473,27 +473,7 @@ impl<'a> Collect<'a> {
                 }
             }
         };
-        let methods: BTreeSet<String> = branch
-            .methods
-            .iter()
-            .map(|m| m.to_ascii_uppercase())
-            .collect();
-        if methods.len() > 1 {
-            let all: Vec<&str> = methods.iter().map(String::as_str).collect();
-            return Err(format!(
-                "methods {} AND-ed never all hold",
-                all.join(" && ")
-            ));
-        }
-        let method = methods.into_iter().next();
-        if let Some(m) = &method {
-            if !METHODS.contains(&m.as_str()) {
-                return Err(format!(
-                    "method {m:?} is not one an http-route accepts ({})",
-                    METHODS.join(" ")
-                ));
-            }
-        }
+        let method = branch_method(branch)?;
         let mut headers = BTreeSet::new();
         for h in &branch.headers {
             check_header(&h.name, &h.value)?;
@@ -727,6 +707,32 @@ fn describe_branch(branch: &Branch) -> String {
         parts.push(u.matcher.clone());
     }
     parts.join(" && ")
+}
+
+/// The one method a branch requires, if any: several AND-ed never all hold.
+fn branch_method(branch: &Branch) -> Result<Option<String>, String> {
+    let methods: BTreeSet<String> = branch
+        .methods
+        .iter()
+        .map(|m| m.to_ascii_uppercase())
+        .collect();
+    if methods.len() > 1 {
+        let all: Vec<&str> = methods.iter().map(String::as_str).collect();
+        return Err(format!(
+            "methods {} AND-ed never all hold",
+            all.join(" && ")
+        ));
+    }
+    let method = methods.into_iter().next();
+    if let Some(m) = &method {
+        if !METHODS.contains(&m.as_str()) {
+            return Err(format!(
+                "method {m:?} is not one an http-route accepts ({})",
+                METHODS.join(" ")
+            ));
+        }
+    }
+    Ok(method)
 }
 
 #[cfg(test)]
