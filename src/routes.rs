@@ -319,7 +319,7 @@ fn regroup(routed: impl IntoIterator<Item = (String, Match, Option<String>)>) ->
 }
 
 /// `prefix /x, GET, header a=1` for warnings.
-fn describe_match(m: &Match) -> String {
+pub fn describe_match(m: &Match) -> String {
     let kind = match m.path.kind {
         PathKind::Exact => "path",
         PathKind::Prefix => "prefix",

@@ -215,7 +215,7 @@ fn resolve_conflicts<'s>(
                         format!(
                             "{} on {} is also routed by service {first:?}, which keeps it \
                              because its name sorts first",
-                            describe(m),
+                            routes::describe_match(m),
                             host_words(host)
                         ),
                     ),
@@ -269,24 +269,6 @@ fn regroup(per_host: BTreeMap<(String, Option<String>), BTreeSet<Match>>) -> Vec
         .collect();
     out.sort();
     out
-}
-
-fn describe(m: &Match) -> String {
-    let mut parts = vec![match m.path.kind {
-        routes::PathKind::Exact => format!("path {}", m.path.value),
-        routes::PathKind::Prefix => format!("prefix {}", m.path.value),
-    }];
-    parts.extend(m.method.clone());
-    parts.extend(
-        m.headers
-            .iter()
-            .map(|h| format!("header {}={}", h.name, h.value)),
-    );
-    parts.extend(m.query.iter().map(|q| match &q.value {
-        Some(v) => format!("query {}={v}", q.name),
-        None => format!("query {}", q.name),
-    }));
-    parts.join(", ")
 }
 
 fn host_words(host: &str) -> String {
