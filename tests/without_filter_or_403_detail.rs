@@ -1,14 +1,12 @@
-//! Where Consul 1.8.7 lacks what the daemon relied on: these tests pin what the daemon
-//! must do on that Consul, and fail until it does (see each test's note for the change).
+//! Where Consul 1.8.7 lacks what the daemon relied on, and what the daemon does there:
 //!
 //! - `/v1/catalog/services` ignores `filter=`: sidecars (with their parent's tags) and
-//!   gateways reach the daemon, which must leave them out by itself.
-//! - A denied write answers a bare `403 Permission denied`: the daemon must name the
+//!   gateways would reach the daemon; it detects the ignored filter at start and reads
+//!   the UI's service summary, which names each service's kind, instead.
+//! - A denied write answers a bare `403 Permission denied`: the daemon names the
 //!   permission of the call it made.
 //!
-//! Kept in a binary of their own, named to run after the others (cargo runs the test
-//! binaries by name and stops at the first that fails), so that until then they hold up no
-//! other test in `.ci/run`. `#[ignore]`d in a plain `cargo test`; they need `CONSUL_BIN`.
+//! `#[ignore]`d in a plain `cargo test`; they need `CONSUL_BIN`.
 
 mod common;
 
