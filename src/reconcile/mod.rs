@@ -175,6 +175,8 @@ pub struct Reconciler {
     /// Since when a write has waited for our catalog to catch up with the one an entry
     /// was planned from (see `model::CATALOG_INDEX_META`).
     deferring_since: Option<Instant>,
+    /// The last pass applied its whole plan (nothing deferred, nothing failed).
+    settled: bool,
     report: Report,
     logs: Logs,
     backoff: Backoff,
@@ -196,6 +198,7 @@ impl Reconciler {
             overlay: Overlay::default(),
             registered: None,
             deferring_since: None,
+            settled: false,
             report: Report {
                 health,
                 warnings: BTreeSet::new(),
@@ -254,8 +257,18 @@ impl Reconciler {
         if pass.check_agent {
             self.check_agent().await;
         }
+        if self.settled
+            && self.registered.is_some()
+            && self.inputs.unchanged_since_plan(&mut self.overlay)
+        {
+            tracing::debug!("nothing new but the echo of our own writes; not planning again");
+            let problem = self.inputs.problem();
+            self.report.publish(problem, true);
+            return (Ok(Action::AwaitChange), false);
+        }
         let mut wrote = false;
         let outcome = self.converge(&mut wrote).await;
+        self.settled = matches!(outcome, Ok(Action::AwaitChange));
         if outcome.is_err() {
             // A deferral is only ever to the plan seen in this pass.
             self.deferring_since = None;
@@ -331,6 +344,7 @@ impl Reconciler {
             .deferring_since
             .map_or(true, |since| since.elapsed() < DEFER_LIMIT)
             || self.inputs.catalog_failing();
+        self.inputs.mark_planned();
         let protocols = {
             let watched = self.inputs.service_defaults.borrow();
             let proxy_default = self.inputs.proxy_default.borrow().value.clone().flatten();
