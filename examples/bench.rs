@@ -20,6 +20,10 @@
 //!   writes are visible in the simulator (polled every 200 µs on the counter of
 //!   state-changing writes), and from the simulator's log until its register PUT arrived;
 //! - requests, response bytes and writes per change, by endpoint;
+//! - a burst: `--burst` host edits spread evenly over `--burst-ms` (50 within 1 s by
+//!   default), counting the entry writes the daemon makes for the whole burst and
+//!   checking that the final state is exact (the entry holds exactly the final
+//!   catalog's hosts, the ingress service exactly its tags);
 //! - requests and writes during `--idle-secs` of idle; blocking waits are clamped to
 //!   `IDLE_MAX_WAIT` by the simulator so watches expire and are re-issued in the window;
 //! - open connections while idle, peak RSS (VmHWM) and CPU time (utime + stime).
@@ -55,15 +59,19 @@ struct Args {
     idle_secs: u64,
     changes: usize,
     gap_ms: u64,
+    burst: usize,
+    burst_ms: u64,
     binary: Option<PathBuf>,
 }
 
 const USAGE: &str = "usage: bench [--services N[,N...]] [--all] [--idle-secs S] [--changes C] \
-[--gap-ms MS] [--binary PATH]
+[--gap-ms MS] [--burst B] [--burst-ms MS] [--binary PATH]
   --services N   catalog size (repeatable or comma-separated); default --all = 10,1000,10000
   --idle-secs S  idle window after convergence (default 60)
   --changes C    host edits measured for reaction latency (default 50, at least 1)
   --gap-ms MS    quiet time after each edit has converged before the next (default 500)
+  --burst B      host edits in the burst, 0 for none (default 50)
+  --burst-ms MS  the burst's edits are spread evenly over this window (default 1000)
   --binary PATH  daemon binary (default: the musl release build if present, else target/release)";
 
 fn parse_args() -> Result<Args, String> {
@@ -72,6 +80,8 @@ fn parse_args() -> Result<Args, String> {
         idle_secs: 60,
         changes: 50,
         gap_ms: 500,
+        burst: 50,
+        burst_ms: 1000,
         binary: None,
     };
     let mut all = false;
@@ -109,6 +119,16 @@ fn parse_args() -> Result<Args, String> {
                 args.gap_ms = value("--gap-ms")?
                     .parse()
                     .map_err(|_| "--gap-ms: not a number")?;
+            }
+            "--burst" => {
+                args.burst = value("--burst")?
+                    .parse()
+                    .map_err(|_| "--burst: not a number")?;
+            }
+            "--burst-ms" => {
+                args.burst_ms = value("--burst-ms")?
+                    .parse()
+                    .map_err(|_| "--burst-ms: not a number")?;
             }
             "--binary" => args.binary = Some(PathBuf::from(value("--binary")?)),
             "--help" | "-h" => return Err(String::new()),
@@ -671,6 +691,17 @@ struct RunResult {
     change_writes: u64,
     change_writes_max: u64,
     change_cpu_ms: f64,
+    /// The burst: edits made, first to last edit, entry writes that changed the entry,
+    /// `PUT /v1/config` requests (CAS misses and identical writes included), register
+    /// writes, every request, last edit -> exact final state, CPU for the burst.
+    burst: usize,
+    burst_span_ms: f64,
+    burst_entry_writes: u64,
+    burst_entry_puts: usize,
+    burst_register_puts: usize,
+    burst_requests: usize,
+    burst_settle_ms: f64,
+    burst_cpu_ms: f64,
     hwm_kib: u64,
     rss_end_kib: u64,
     cpu_total_ms: f64,
@@ -682,6 +713,7 @@ fn run_one(n: usize, binary: &Binary, args: &Args) -> Result<RunResult, String> 
         n,
         idle_secs: args.idle_secs,
         changes: args.changes,
+        burst: args.burst,
         ..RunResult::default()
     };
     let machine_ticks = Machine::read().clock_ticks;
@@ -884,8 +916,25 @@ fn run_one(n: usize, binary: &Binary, args: &Args) -> Result<RunResult, String> 
     }
     r.change_traffic = traffic(&sim.requests()[changes_log..]);
     r.change_writes = sim.state_changing_writes() - changes_writes;
+    r.change_cpu_ms = ms(proc_stats(pid, machine_ticks).unwrap_or_default().cpu - changes_cpu);
+
+    // --- a burst of host edits
+    if args.burst > 0 {
+        eprintln!(
+            "bench: N = {n}: burst of {} host edits within {} ms",
+            args.burst, args.burst_ms
+        );
+        burst(
+            &sim,
+            &mut daemon,
+            &mut workload,
+            &mut r,
+            args,
+            pid,
+            machine_ticks,
+        )?;
+    }
     let end = proc_stats(pid, machine_ticks).unwrap_or_default();
-    r.change_cpu_ms = ms(end.cpu - changes_cpu);
     r.hwm_kib = end.hwm_kib;
     r.rss_end_kib = end.rss_kib;
     r.cpu_total_ms = ms(end.cpu);
@@ -917,6 +966,82 @@ fn run_one(n: usize, binary: &Binary, args: &Args) -> Result<RunResult, String> 
     };
     let _ = std::fs::remove_file(&daemon.log);
     Ok(r)
+}
+
+/// `args.burst` host edits spread evenly over `args.burst_ms`, never waiting for the
+/// daemon; then waits for the exact final state (every route and tag of the final
+/// catalog, nothing else) and counts what the daemon wrote for the whole burst.
+fn burst(
+    sim: &Sim,
+    daemon: &mut Daemon,
+    workload: &mut Workload,
+    r: &mut RunResult,
+    args: &Args,
+    pid: u32,
+    machine_ticks: u64,
+) -> Result<(), String> {
+    let log_start = sim.requests().len();
+    let entry_writes = sim.entry_writes("ingress-gateway", GATEWAY);
+    let cpu = proc_stats(pid, machine_ticks).unwrap_or_default().cpu;
+    let tagged_count = workload.tagged.len();
+    let step = Duration::from_millis(args.burst_ms) / args.burst.max(1) as u32;
+    let started = Instant::now();
+    let mut last_edit = started;
+    for k in 0..args.burst {
+        // Distinct services where the catalog has enough of them (N >= 250).
+        let which = (k * 7919 + 13) % tagged_count;
+        let service = &mut workload.tagged[which];
+        service.host = format!("{}-b{k}.example.com", service.name);
+        let tags = service.tags();
+        let tag_refs: Vec<&str> = tags.iter().map(String::as_str).collect();
+        let due = started + step * k as u32;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait); // the burst's own pace
+        }
+        sim.set_service_tags(&service.node, &service.name, &tag_refs);
+        last_edit = Instant::now();
+    }
+    r.burst_span_ms = ms(last_edit - started);
+    let want_routes = workload.expected_routes();
+    let want_tags = workload.expected_tags();
+    let deadline = last_edit + Duration::from_secs(30);
+    let exact =
+        |sim: &Sim| routes(sim) == want_routes && ingress_tags(sim).as_ref() == Some(&want_tags);
+    let settled = loop {
+        if exact(sim) {
+            break Instant::now();
+        }
+        daemon.check_alive()?;
+        if Instant::now() > deadline {
+            let got = routes(sim);
+            let wrong = want_routes
+                .iter()
+                .filter(|(name, hosts)| got.get(*name) != Some(hosts))
+                .count();
+            return Err(format!(
+                "burst: no exact final state within 30 s of the last edit: {wrong} of {} services with other hosts, {} routes in the entry; daemon log:\n{}",
+                want_routes.len(),
+                got.len(),
+                daemon.log_tail()
+            ));
+        }
+        std::thread::sleep(POLL);
+    };
+    r.burst_settle_ms = ms(settled - last_edit);
+    // Anything still in flight shows now; the state must stay exact.
+    std::thread::sleep(Duration::from_millis(args.gap_ms));
+    daemon.check_alive()?;
+    if !exact(sim) {
+        return Err("burst: the final state changed after it was reached".into());
+    }
+    let log = sim.requests();
+    let window = traffic(&log[log_start..]);
+    r.burst_requests = window.requests;
+    r.burst_entry_puts = *window.by_endpoint.get("PUT entry").unwrap_or(&0);
+    r.burst_register_puts = *window.by_endpoint.get("PUT register").unwrap_or(&0);
+    r.burst_entry_writes = sim.entry_writes("ingress-gateway", GATEWAY) - entry_writes;
+    r.burst_cpu_ms = ms(proc_stats(pid, machine_ticks).unwrap_or_default().cpu - cpu);
+    Ok(())
 }
 
 // ------------------------------------------------------------------ output
@@ -989,6 +1114,15 @@ impl RunResult {
             ),
             "requests_per_change_by_endpoint": by_endpoint(&self.change_traffic.by_endpoint, self.changes.max(1) as f64),
             "cpu_per_change_ms": self.change_cpu_ms / self.changes.max(1) as f64,
+            "burst_changes": self.burst,
+            "burst_window_ms": args.burst_ms,
+            "burst_span_ms": self.burst_span_ms,
+            "burst_entry_writes": self.burst_entry_writes,
+            "burst_entry_puts": self.burst_entry_puts,
+            "burst_register_puts": self.burst_register_puts,
+            "burst_requests": self.burst_requests,
+            "burst_settle_ms": self.burst_settle_ms,
+            "burst_cpu_ms": self.burst_cpu_ms,
             "idle_secs": self.idle_secs,
             "idle_requests": self.idle.requests,
             "idle_bytes": self.idle.bytes,
@@ -1026,11 +1160,13 @@ fn print_table(results: &[RunResult], binary: &Binary, machine: &Machine, args: 
         }
     );
     println!(
-        "simulator max_wait clamp {} s (the daemon asks for 5 min); idle window {} s; {} host edits, {} ms apart after convergence",
+        "simulator max_wait clamp {} s (the daemon asks for 5 min); idle window {} s; {} host edits, {} ms apart after convergence; burst of {} edits within {} ms",
         IDLE_MAX_WAIT.as_secs(),
         args.idle_secs,
         args.changes,
-        args.gap_ms
+        args.gap_ms,
+        args.burst,
+        args.burst_ms
     );
     println!();
     let mut header = format!("{:<46}", "metric");
@@ -1230,6 +1366,31 @@ fn print_table(results: &[RunResult], binary: &Binary, machine: &Machine, args: 
         (
             "CPU per change (ms)",
             Box::new(|r: &RunResult| format!("{:.2}", r.change_cpu_ms / r.changes.max(1) as f64)),
+            "",
+        ),
+        (
+            "burst: edits / first to last edit (ms)",
+            Box::new(|r: &RunResult| format!("{}/{:.0}", r.burst, r.burst_span_ms)),
+            "50 within 1 s",
+        ),
+        (
+            "burst: entry writes (PUT entry requests)",
+            Box::new(|r: &RunResult| format!("{} ({})", r.burst_entry_writes, r.burst_entry_puts)),
+            "<= 5",
+        ),
+        (
+            "  register PUTs / all requests",
+            Box::new(|r: &RunResult| format!("{}/{}", r.burst_register_puts, r.burst_requests)),
+            "",
+        ),
+        (
+            "  last edit -> exact final state (ms)",
+            Box::new(move |r: &RunResult| f1(r.burst_settle_ms)),
+            "exact",
+        ),
+        (
+            "  CPU for the burst (ms)",
+            Box::new(move |r: &RunResult| f1(r.burst_cpu_ms)),
             "",
         ),
         (

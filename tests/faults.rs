@@ -115,6 +115,14 @@ fn an_index_reset_is_followed_by_a_fresh_read() {
     for i in 0..20 {
         sim.set_service_tags("node-1", "shop", &[SHOP, &format!("other-{i}")]);
     }
+    // The restore happens while the watch is parked at the latest index (the edits are
+    // rate-limited by the watch's token bucket: a request sent after the restore with
+    // the old index would block the whole wait, in Consul as in the simulator).
+    wait_until(
+        EVENTUALLY,
+        "the catalog watch caught up with the edits",
+        || parked_index(&sim, CATALOG_PATH) == Some(sim.indexes().0),
+    );
     let before = sim.indexes();
 
     let parked_before = sim.in_flight().iter().map(|r| r.0).max().unwrap_or(0);
@@ -125,9 +133,14 @@ fn an_index_reset_is_followed_by_a_fresh_read() {
     );
     // The catalog watch parks again. With an index from after the restore it wakes on the
     // next change; a watch that kept its old index would block the whole wait (5 min).
-    wait_until(EVENTUALLY, "the catalog watch parked again", || {
-        catalog_watch_parked(&sim, parked_before)
-    });
+    wait_until(
+        EVENTUALLY,
+        "the catalog watch parked again after the restore",
+        || {
+            catalog_watch_parked(&sim, parked_before)
+                && parked_index(&sim, CATALOG_PATH).is_some_and(|index| index <= sim.indexes().0)
+        },
+    );
     sim.add_service(service("cart", &[CART]));
     wait_until(EVENTUALLY, "the change after the restore is seen", || {
         routes(&sim, 9997) == shop_and_cart()
@@ -194,25 +207,17 @@ fn through_proxy(sim: &Sim) -> (HostileProxy, Daemon) {
     (proxy, daemon)
 }
 
-/// Whether the daemon is idle and has seen everything: each of its four watches is
-/// parked in a blocking query, the catalog one at the current services index (so after
+/// Whether the daemon is idle and has seen everything (given that it has made the
+/// writes it needs): no write in flight, each of its four watches parked in a blocking query, the catalog one at the current services index (so after
 /// our own registration) and the entry one at or after the entry's last write (so after
 /// the echo of our own write). The simulator, like Consul, parks the other config-entry
 /// watches until their own entry changes, at whatever index they last saw.
 fn daemon_idle(sim: &Sim) -> bool {
     let parked = sim.in_flight();
-    let parked_at = |path: &str| {
-        parked
-            .iter()
-            .filter(|(_, method, p, _)| method == "GET" && p == path)
-            .filter_map(|(_, _, _, query)| {
-                query
-                    .split('&')
-                    .find_map(|pair| pair.strip_prefix("index="))
-                    .and_then(|v| v.parse::<u64>().ok())
-            })
-            .max()
-    };
+    let parked_at = |path: &str| parked_index(sim, path);
+    if parked.iter().any(|(_, method, _, _)| method != "GET") {
+        return false; // a write in flight
+    }
     let written = entry(sim)
         .and_then(|e| e["ModifyIndex"].as_u64())
         .unwrap_or(0);
@@ -220,6 +225,20 @@ fn daemon_idle(sim: &Sim) -> bool {
         && parked_at(SERVICE_DEFAULTS_PATH).is_some()
         && parked_at(PROXY_DEFAULTS_PATH).is_some()
         && parked_at(&entry_path()).is_some_and(|index| index >= written)
+}
+
+/// The index of the blocking `GET path` parked at the simulator (the highest if several).
+fn parked_index(sim: &Sim, path: &str) -> Option<u64> {
+    sim.in_flight()
+        .iter()
+        .filter(|(_, method, p, _)| method == "GET" && p == path)
+        .filter_map(|(_, _, _, query)| {
+            query
+                .split('&')
+                .find_map(|pair| pair.strip_prefix("index="))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .max()
 }
 
 /// Once the daemon is idle, makes `change` in Consul with the next answer on `path`
@@ -250,8 +269,12 @@ fn a_catalog_answer_cut_short_is_read_again_and_its_change_applied() {
     let sim = sim_http();
     sim.add_service(service("shop", &[SHOP]));
     let (proxy, daemon) = through_proxy(&sim);
+    // Both writes made: a registration still to come would move the services index and
+    // wake the watch with the change in its answer.
     wait_until(EVENTUALLY, "converged", || {
         routes(&sim, 9997) == [route("shop", &["shop.example.com"])]
+            && ingress_tags(&sim)
+                .is_some_and(|t| t.iter().any(|tag| tag.contains("shop.example.com")))
     });
 
     let spoiled =
