@@ -359,7 +359,7 @@ impl Reconciler {
         let entries = self.overlay.view(&[(&self.inputs.gateway_key, watched)]);
         let empty = Catalog::new();
         let snapshot = Snapshot {
-            catalog: catalog.value.as_ref().unwrap_or(&empty),
+            catalog: catalog.value.as_deref().unwrap_or(&empty),
             protocols: &protocols,
             entries: &entries,
         };
