@@ -1249,7 +1249,7 @@ fn print_table(results: &[RunResult], binary: &Binary, machine: &Machine, args: 
                     percentile(&RunResult::sorted(&r.latency_poll), 50.0)
                 )
             }),
-            "<= 125 @1k (debounce + 25)",
+            "<= 15 @1k, <= 120 @10k",
         ),
         (
             "reaction p95 (ms)",
@@ -1366,7 +1366,7 @@ fn print_table(results: &[RunResult], binary: &Binary, machine: &Machine, args: 
         (
             "CPU per change (ms)",
             Box::new(|r: &RunResult| format!("{:.2}", r.change_cpu_ms / r.changes.max(1) as f64)),
-            "",
+            "<= 30 @10k",
         ),
         (
             "burst: edits / first to last edit (ms)",
@@ -1426,7 +1426,7 @@ fn print_table(results: &[RunResult], binary: &Binary, machine: &Machine, args: 
         (
             "peak RSS, VmHWM (MiB)",
             Box::new(|r: &RunResult| format!("{:.2}", r.hwm_kib as f64 / 1024.0)),
-            "8 @1k, 16 @10k",
+            "<= 8 @1k, <= 12 @10k",
         ),
         (
             "CPU total, utime+stime (ms)",

@@ -3,7 +3,8 @@
 //! service-defaults it created), merged into one view for the planner.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
@@ -15,12 +16,14 @@ use crate::consul::watch::{run as watch_loop, spawn, Observed};
 use crate::consul::Client;
 use crate::consul::Response;
 use crate::model::{modify_index, Body, Catalog, Entries, EntryKey, Kind, Protocols};
+use crate::plan::compare;
 use crate::plan::PlanSettings;
 
 /// The receiving ends of the watches, and one wake-up for all of them.
 pub struct Inputs {
     changed: Arc<Notify>,
-    pub catalog: watch::Receiver<Observed<Catalog>>,
+    /// Shared with the catalog decoder's memo (see [`memoized`]).
+    pub catalog: watch::Receiver<Observed<Arc<Catalog>>>,
     pub service_defaults: watch::Receiver<Observed<BTreeMap<String, String>>>,
     pub proxy_default: watch::Receiver<Observed<Option<String>>>,
     /// The gateway's own entry.
@@ -166,6 +169,93 @@ impl Inputs {
     pub fn catalog_failing(&self) -> bool {
         self.catalog.borrow().problem.is_some()
     }
+
+    /// Marks what every watch shows now as what the plan is made from (see
+    /// [`Inputs::unchanged_since_plan`]).
+    pub fn mark_planned(&mut self) {
+        self.catalog.mark_unchanged();
+        self.service_defaults.mark_unchanged();
+        self.proxy_default.mark_unchanged();
+        self.gateway.mark_unchanged();
+        for list in [&mut self.routes, &mut self.intentions].into_iter().flatten() {
+            list.mark_unchanged();
+        }
+    }
+
+    /// Whether a plan now would start from what the last one (see
+    /// [`Inputs::mark_planned`]) left Consul holding: no watch has published since,
+    /// except the entry watch showing the echo of our own write (what we wrote, as the
+    /// diff compares it; see [`Overlay::echoes`]). After a pass that applied its whole
+    /// plan, planning again from that would give the same plan and an empty diff.
+    ///
+    /// At 10,000 services a plan is the bulk of what a change costs, and every write
+    /// of ours comes back through the entry watch: this halves the cost of a change.
+    pub fn unchanged_since_plan(&mut self, overlay: &mut Overlay) -> bool {
+        let moved = |changed: Result<bool, _>| changed.unwrap_or(true);
+        if moved(self.catalog.has_changed())
+            || moved(self.service_defaults.has_changed())
+            || moved(self.proxy_default.has_changed())
+        {
+            return false;
+        }
+        // The lists (routes, intentions) carry what Consul's controller writes (Status)
+        // and others' entries: any news there is planned from.
+        if [&self.routes, &self.intentions]
+            .into_iter()
+            .flatten()
+            .any(|list| moved(list.has_changed()))
+        {
+            return false;
+        }
+        if !moved(self.gateway.has_changed()) {
+            return true;
+        }
+        let gateway = self.gateway.borrow();
+        let watched = gateway.value.as_ref().and_then(Option::as_ref);
+        let echoed = overlay.echoes(&[(&self.gateway_key, watched)]);
+        drop(gateway);
+        if echoed {
+            self.gateway.mark_unchanged();
+        }
+        echoed
+    }
+}
+
+/// `decode`, skipped when the body is the one decoded last: that value is returned
+/// again, shared. The catalog's index moves with every registration, ours included,
+/// so each change brings a second, identical catalog answer (about 1 MiB at 10,000
+/// services): recognising it costs one pass over the bytes instead of a decode and a
+/// deep comparison (an `Arc` compares equal to itself at once).
+///
+/// A body is recognised by its status, length and two 64-bit SipHash digests under
+/// keys drawn at start: no one can craft a colliding body, and a chance collision
+/// (2^-128) is not a concern.
+fn memoized<T, D>(decode: D) -> impl Fn(&Response) -> Result<Arc<T>, String> + Send + Sync
+where
+    T: Send + Sync,
+    D: Fn(&Response) -> Result<T, String> + Send + Sync,
+{
+    type Fingerprint = (u16, usize, u64, u64);
+    let keys = (RandomState::new(), RandomState::new());
+    let last: Mutex<Option<(Fingerprint, Arc<T>)>> = Mutex::new(None);
+    move |response| {
+        let body = &response.body[..];
+        let seen = (
+            response.status,
+            body.len(),
+            keys.0.hash_one(body),
+            keys.1.hash_one(body),
+        );
+        let mut last = last.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((fingerprint, value)) = last.as_ref() {
+            if *fingerprint == seen {
+                return Ok(Arc::clone(value));
+            }
+        }
+        let value = Arc::new(decode(response)?);
+        *last = Some((seen, Arc::clone(&value)));
+        Ok(value)
+    }
 }
 
 /// The catalog watch. Consul before catalog filtering (1.8 among them) ignores `filter=`
@@ -177,7 +267,7 @@ fn spawn_catalog(
     settings: &PlanSettings,
     prefix: String,
     changed: Arc<Notify>,
-) -> (watch::Receiver<Observed<Catalog>>, JoinHandle<()>) {
+) -> (watch::Receiver<Observed<Arc<Catalog>>>, JoinHandle<()>) {
     const ACTIVITY: &str = "watch catalog services";
     let (tx, rx) = watch::channel(Observed::default());
     let mut connection = client.connection(ACTIVITY);
@@ -200,7 +290,7 @@ fn spawn_catalog(
         log.ok();
         if honoured {
             let path = api::catalog_path(&own);
-            let decode = move |r: &Response| api::decode_catalog(r, &prefix);
+            let decode = memoized(move |r: &Response| api::decode_catalog(r, &prefix));
             watch_loop(connection, ACTIVITY, path, decode, tx, changed).await;
         } else {
             tracing::info!(
@@ -208,7 +298,8 @@ fn spawn_catalog(
                 "this Consul ignores filter= on /v1/catalog/services (Consul 1.8 does): watching the service summary, which names each service's kind, so sidecar proxies, gateways and the ingress service itself still stay out"
             );
             let path = ApiPath::fixed(api::UI_SERVICES_PATH, api::UI_SERVICES_PATH);
-            let decode = move |r: &Response| api::decode_ui_services(r, &prefix, &own);
+            let decode =
+                memoized(move |r: &Response| api::decode_ui_services(r, &prefix, &own));
             watch_loop(connection, ACTIVITY, path, decode, tx, changed).await;
         }
     });
@@ -293,6 +384,38 @@ impl Overlay {
             }
         }
         view
+    }
+
+    /// Whether the watched entries show nothing but our own writes: every entry whose
+    /// watch moved past what we knew of it now shows what we knew (our write, as
+    /// [`entries_equal`] compares; absent after our delete). An entry we know nothing of
+    /// counts as changed. When true, what the watches caught up with is dropped, as
+    /// [`Overlay::view`] would.
+    pub fn echoes(&mut self, watched: &[(&EntryKey, Option<&Body>)]) -> bool {
+        for (key, body) in watched {
+            let Some(known) = self.entries.get(*key) else {
+                return false;
+            };
+            if known.watched == body.and_then(modify_index) {
+                // Not echoed yet: the view still shows what we know.
+                continue;
+            }
+            let same = match (&known.body, body) {
+                // Consul writes Status on API-gateway entries after ours: news to report.
+                (Some(ours), Some(theirs)) => {
+                    key.kind != Kind::ApiGateway && compare::equal(key.kind, ours, theirs)
+                }
+                (None, None) => true,
+                _ => false,
+            };
+            if !same {
+                return false;
+            }
+        }
+        for (key, body) in watched {
+            self.prune(key, *body);
+        }
+        true
     }
 
     /// The protocols, with the service-defaults we created and the watch does not show
@@ -384,6 +507,171 @@ mod tests {
         overlay.learn(key.clone(), modify_index(&old), None);
         assert!(overlay.view(&[(key.clone(), Some(&old))]).is_empty());
         assert!(overlay.view(&[(key.clone(), None)]).is_empty());
+    }
+
+    #[test]
+    fn only_the_echo_of_what_we_wrote_counts_as_no_change() {
+        let key = EntryKey::new(Kind::IngressGateway, "edge");
+        let old = body(json!({"Name": "edge", "ModifyIndex": 5}));
+        let ours = body(json!({"Name": "edge", "Listeners": [{"Port": 1, "Protocol": "http"}]}));
+        let echo = body(json!({"Name": "edge", "ModifyIndex": 6,
+            "Listeners": [{"Port": 1, "Protocol": "HTTP"}]}));
+        let other = body(json!({"Name": "edge", "ModifyIndex": 6,
+            "Listeners": [{"Port": 2, "Protocol": "http"}]}));
+        let cases: [(&str, Option<Option<Body>>, &Body, bool); 5] = [
+            ("nothing known", None, &echo, false),
+            ("not echoed yet", Some(Some(ours.clone())), &old, true),
+            ("echoed as written", Some(Some(ours.clone())), &echo, true),
+            (
+                "someone else wrote after us",
+                Some(Some(ours.clone())),
+                &other,
+                false,
+            ),
+            (
+                "we deleted, it still exists newer",
+                Some(None),
+                &echo,
+                false,
+            ),
+        ];
+        for (name, known, watched, want) in cases {
+            let mut overlay = Overlay::default();
+            if let Some(known) = known.clone() {
+                overlay.learn(key.clone(), modify_index(&old), known);
+            }
+            assert_eq!(overlay.echoes(&[(&key, Some(watched))]), want, "{name}");
+            let view = overlay.view(&[(key.clone(), Some(watched))]);
+            let shown = view.get(&key).copied();
+            if name == "not echoed yet" {
+                assert_eq!(shown, Some(&ours), "{name}: still ours");
+            } else {
+                assert_eq!(shown, Some(watched), "{name}: the watch's");
+            }
+        }
+        let mut overlay = Overlay::default();
+        overlay.learn(key.clone(), modify_index(&old), None);
+        assert!(overlay.echoes(&[(&key, None)]), "our delete, echoed");
+    }
+
+    fn inputs() -> (Inputs, Senders) {
+        let (catalog_tx, catalog) = watch::channel(Observed::default());
+        let (defaults_tx, service_defaults) = watch::channel(Observed::default());
+        let (proxy_tx, proxy_default) = watch::channel(Observed::default());
+        let (gateway_tx, gateway) = watch::channel(Observed::default());
+        let inputs = Inputs {
+            changed: Arc::new(Notify::new()),
+            catalog,
+            service_defaults,
+            proxy_default,
+            gateway,
+            gateway_key: EntryKey::new(Kind::IngressGateway, "edge"),
+            routes: None,
+            intentions: None,
+        };
+        (inputs, (catalog_tx, defaults_tx, proxy_tx, gateway_tx))
+    }
+
+    type Senders = (
+        watch::Sender<Observed<Arc<Catalog>>>,
+        watch::Sender<Observed<BTreeMap<String, String>>>,
+        watch::Sender<Observed<Option<String>>>,
+        watch::Sender<Observed<Option<Body>>>,
+    );
+
+    fn observed<T>(value: T) -> Observed<T> {
+        Observed {
+            value: Some(value),
+            problem: None,
+            index: Some(1),
+        }
+    }
+
+    #[test]
+    fn a_plan_is_needed_after_any_change_but_our_own_echo() {
+        let key = EntryKey::new(Kind::IngressGateway, "edge");
+        let old = body(json!({"Name": "edge", "ModifyIndex": 5}));
+        let ours = body(json!({"Name": "edge", "Listeners": []}));
+        let echo = body(json!({"Name": "edge", "ModifyIndex": 6}));
+        let foreign = body(json!({"Name": "edge", "ModifyIndex": 7, "Meta": {"x": "y"}}));
+        let (mut inputs, (catalog, defaults, proxy, gateway)) = inputs();
+        gateway.send_replace(observed(Some(old.clone())));
+        let mut overlay = Overlay::default();
+        inputs.mark_planned();
+        assert!(
+            inputs.unchanged_since_plan(&mut overlay),
+            "nothing published"
+        );
+
+        overlay.learn(key.clone(), modify_index(&old), Some(ours.clone()));
+        gateway.send_replace(observed(Some(echo.clone())));
+        assert!(inputs.unchanged_since_plan(&mut overlay), "our echo");
+        assert!(
+            inputs.unchanged_since_plan(&mut overlay),
+            "and it stays seen"
+        );
+        gateway.send_replace(observed(Some(foreign)));
+        assert!(
+            !inputs.unchanged_since_plan(&mut overlay),
+            "a write of someone else"
+        );
+
+        let mut check = |name: &str, change: &dyn Fn()| {
+            inputs.mark_planned();
+            assert!(inputs.unchanged_since_plan(&mut overlay), "{name}: before");
+            change();
+            assert!(!inputs.unchanged_since_plan(&mut overlay), "{name}: after");
+        };
+        check("catalog", &|| {
+            catalog.send_replace(observed(Arc::new(Catalog::new())));
+        });
+        check("service-defaults", &|| {
+            defaults.send_replace(observed(BTreeMap::new()));
+        });
+        check("proxy-defaults", &|| {
+            proxy.send_replace(observed(None));
+        });
+    }
+
+    #[test]
+    fn an_identical_catalog_answer_is_not_decoded_again() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let decoded = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&decoded);
+        let decode = memoized(move |r: &Response| {
+            count.fetch_add(1, Ordering::Relaxed);
+            api::decode_catalog(r, "gw-")
+        });
+        let answer = |status, body: &'static str| Response {
+            status,
+            index: Some(1),
+            body: bytes::Bytes::from_static(body.as_bytes()),
+        };
+        let first = decode(&answer(200, r#"{"web":["gw-a"]}"#)).expect("decodes");
+        let again = decode(&answer(200, r#"{"web":["gw-a"]}"#)).expect("decodes");
+        assert!(Arc::ptr_eq(&first, &again), "the same value, shared");
+        assert_eq!(decoded.load(Ordering::Relaxed), 1, "decoded once");
+
+        // (status, body, decodes, decoded again)
+        let cases = [
+            (200, r#"{"web":["gw-b"]}"#, true, true),
+            (200, r#"{"web":["gw-b"]"#, false, true),
+            (500, r#"{"web":["gw-b"]}"#, false, true),
+            (200, r#"{"web":["gw-b"]}"#, true, false),
+        ];
+        let mut calls = 1;
+        for (status, body, ok, again) in cases {
+            let got = decode(&answer(status, body));
+            calls += usize::from(again);
+            assert_eq!(got.is_ok(), ok, "{status} {body}");
+            assert_eq!(
+                decoded.load(Ordering::Relaxed),
+                calls,
+                "{status} {body}: decoded"
+            );
+        }
+        let got = decode(&answer(200, r#"{"web":["gw-b"]}"#)).expect("decodes");
+        assert_eq!(got.get("web"), Some(&vec!["b".to_string()]));
     }
 
     #[test]

@@ -181,6 +181,8 @@ pub struct Reconciler {
     deferring_since: Option<Instant>,
     /// When we last wrote each entry: its Status is believed only some time after.
     last_written: BTreeMap<EntryKey, Instant>,
+    /// The last pass applied its whole plan (nothing deferred, nothing failed).
+    settled: bool,
     report: Report,
     logs: Logs,
     backoff: Backoff,
@@ -207,6 +209,7 @@ impl Reconciler {
             registered: None,
             deferring_since: None,
             last_written: BTreeMap::new(),
+            settled: false,
             report: Report {
                 health,
                 warnings: BTreeSet::new(),
@@ -271,8 +274,18 @@ impl Reconciler {
         if pass.check_agent {
             self.check_agent().await;
         }
+        if self.settled
+            && self.registered.is_some()
+            && self.inputs.unchanged_since_plan(&mut self.overlay)
+        {
+            tracing::debug!("nothing new but the echo of our own writes; not planning again");
+            let problem = self.inputs.problem();
+            self.report.publish(problem, true);
+            return (Ok(Action::AwaitChange), false);
+        }
         let mut wrote = false;
         let outcome = self.converge(&mut wrote).await;
+        self.settled = matches!(outcome, Ok(Action::AwaitChange));
         if outcome.is_err() {
             // A deferral is only ever to the plan seen in this pass.
             self.deferring_since = None;
@@ -352,6 +365,7 @@ impl Reconciler {
             .deferring_since
             .map_or(true, |since| since.elapsed() < DEFER_LIMIT)
             || self.inputs.catalog_failing();
+        self.inputs.mark_planned();
         let protocols = {
             let watched = self.inputs.service_defaults.borrow();
             let proxy_default = self.inputs.proxy_default.borrow().value.clone().flatten();
@@ -382,7 +396,7 @@ impl Reconciler {
         let entries = self.overlay.view(&watched);
         let empty = Catalog::new();
         let snapshot = Snapshot {
-            catalog: catalog.value.as_ref().unwrap_or(&empty),
+            catalog: catalog.value.as_deref().unwrap_or(&empty),
             protocols: &protocols,
             entries: &entries,
         };
