@@ -820,7 +820,8 @@ fn readme_documents_every_variable_and_the_ci_test_command() {
     );
     // The test command the README gives is the one .ci/run ends with.
     let ci = read(".ci/run");
-    let command = "cargo test --workspace --locked --no-fail-fast -- --include-ignored --show-output";
+    let command =
+        "cargo test --workspace --locked --no-fail-fast -- --include-ignored --show-output";
     if !readme.contains(command) {
         problems.push(format!(
             "the README does not give the test command {command:?}"

@@ -177,7 +177,10 @@ impl Inputs {
         self.service_defaults.mark_unchanged();
         self.proxy_default.mark_unchanged();
         self.gateway.mark_unchanged();
-        for list in [&mut self.routes, &mut self.intentions].into_iter().flatten() {
+        for list in [&mut self.routes, &mut self.intentions]
+            .into_iter()
+            .flatten()
+        {
             list.mark_unchanged();
         }
     }
@@ -298,8 +301,7 @@ fn spawn_catalog(
                 "this Consul ignores filter= on /v1/catalog/services (Consul 1.8 does): watching the service summary, which names each service's kind, so sidecar proxies, gateways and the ingress service itself still stay out"
             );
             let path = ApiPath::fixed(api::UI_SERVICES_PATH, api::UI_SERVICES_PATH);
-            let decode =
-                memoized(move |r: &Response| api::decode_ui_services(r, &prefix, &own));
+            let decode = memoized(move |r: &Response| api::decode_ui_services(r, &prefix, &own));
             watch_loop(connection, ACTIVITY, path, decode, tx, changed).await;
         }
     });

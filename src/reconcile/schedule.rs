@@ -4,7 +4,8 @@
 //!   debounce delays it.
 //! - **Cool-down.** A pass that wrote something starts a cool-down; changes that arrive
 //!   during it (or during the pass) are coalesced into one pass at its end. When that pass
-//!   writes too, the burst is still going on and the cool-down doubles (100 ms up to 1 s);
+//!   writes too, the burst is still going on and the cool-down doubles (100 ms up to
+//!   500 ms, so the last change of a burst waits half a second at most);
 //!   a pass that starts after a quiet cool-down resets it. A burst of 50 changes in 1 s
 //!   becomes about 5 writes, and the echo of our own write (the entry watch) costs one
 //!   pass that writes nothing.
@@ -21,7 +22,7 @@ use tokio::time::Instant;
 /// First cool-down after a pass that wrote.
 pub const COOLDOWN_BASE: Duration = Duration::from_millis(100);
 /// The cool-down doubles during a burst up to this.
-pub const COOLDOWN_MAX: Duration = Duration::from_secs(1);
+pub const COOLDOWN_MAX: Duration = Duration::from_millis(500);
 /// How often the agent is asked whether it still holds our registration (an agent
 /// restarted in dev mode, or critical reaping, loses it silently).
 pub const AGENT_CHECK_INTERVAL: Duration = Duration::from_secs(10);
@@ -246,7 +247,7 @@ mod tests {
             assert!(tick(&mut s, now, true));
             cooldowns.push(s.cooldown.as_millis());
         }
-        assert_eq!(cooldowns, [100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(cooldowns, [100, 200, 400, 500, 500, 500]);
     }
 
     #[test]
