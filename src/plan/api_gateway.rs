@@ -19,10 +19,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Map, Value};
 
-use super::{DesiredEntry, PlanSettings, Warnings};
-use crate::model::{
-    Body, EntryKey, Kind, Protocols, CONSUL_OWNED_KEYS, GATEWAY_META, MANAGED_BY, MAX_META,
-};
+use super::{carry_over, mark_managed, DesiredEntry, PlanSettings, Warnings};
+use crate::model::{Body, EntryKey, Kind, Protocols, GATEWAY_META, MANAGED_BY};
 use crate::routes::{self, Match, RouteGroup, ANY_HOST};
 
 /// Name of our listener when none on our port has one yet.
@@ -281,20 +279,7 @@ fn host_words(host: &str) -> String {
 /// The current entry with our listener replaced (created when absent: the gateway needs
 /// its listener whether or not anything is exposed yet).
 fn gateway_entry(settings: &PlanSettings, current: Option<&Body>, listener: &str) -> Body {
-    let mut entry = Map::new();
-    let mut existing: &[Value] = &[];
-    for (key, value) in current.into_iter().flatten() {
-        if CONSUL_OWNED_KEYS.contains(&key.as_str()) {
-            continue;
-        }
-        if key == "Listeners" {
-            if let Value::Array(listeners) = value {
-                existing = listeners;
-            }
-            continue;
-        }
-        entry.insert(key.clone(), value.clone());
-    }
+    let (mut entry, existing) = carry_over(current);
     entry.insert("Kind".into(), Value::from(Kind::ApiGateway.as_str()));
     entry.insert("Name".into(), Value::from(settings.gateway_name.as_str()));
     let mut result = Vec::new();
@@ -313,17 +298,7 @@ fn gateway_entry(settings: &PlanSettings, current: Option<&Body>, listener: &str
         result.push(our_listener(settings, listener, None));
     }
     entry.insert("Listeners".into(), Value::Array(result));
-    let meta = entry
-        .entry("Meta")
-        .or_insert_with(|| Value::Object(Map::new()));
-    if !meta.is_object() {
-        *meta = Value::Object(Map::new());
-    }
-    if let Value::Object(meta) = meta {
-        if meta.contains_key("managed-by") || meta.len() < MAX_META {
-            meta.insert("managed-by".into(), Value::from(MANAGED_BY));
-        }
-    }
+    mark_managed(&mut entry);
     entry
 }
 

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{Map, Value};
 
 use super::registration::{service_hosts, Hosts};
-use super::{PlanSettings, Warnings};
-use crate::model::{Body, Protocols, CONSUL_OWNED_KEYS, MANAGED_BY, MAX_META};
+use super::{carry_over, mark_managed, PlanSettings, Warnings};
+use crate::model::{Body, Protocols};
 
 /// Our listeners' services: port -> (service, its hosts), services sorted by name.
 pub type Listeners = BTreeMap<u16, Vec<(String, Vec<String>)>>;
@@ -198,21 +198,7 @@ pub fn desired_entry(
     }
     // Only the parts that are kept are copied: our listeners (thousands of services)
     // are rebuilt, so cloning the whole current entry first would copy them for nothing.
-    let mut entry = Map::new();
-    let mut existing: &[Value] = &[];
-    for (key, value) in current.into_iter().flatten() {
-        if CONSUL_OWNED_KEYS.contains(&key.as_str()) {
-            continue;
-        }
-        if key == "Listeners" {
-            // A Listeners value that is not an array is dropped (it cannot be valid).
-            if let Value::Array(listeners) = value {
-                existing = listeners;
-            }
-            continue;
-        }
-        entry.insert(key.clone(), value.clone());
-    }
+    let (mut entry, existing) = carry_over(current);
     entry
         .entry("Kind")
         .or_insert_with(|| Value::from("ingress-gateway"));
@@ -251,19 +237,7 @@ pub fn desired_entry(
     }
     entry.insert("Listeners".into(), Value::Array(result));
 
-    let meta = entry
-        .entry("Meta")
-        .or_insert_with(|| Value::Object(Map::new()));
-    if !meta.is_object() {
-        *meta = Value::Object(Map::new());
-    }
-    if let Value::Object(meta) = meta {
-        // Adding a 65th pair would make Consul reject the whole entry; the marker is
-        // informational, so it gives way.
-        if meta.contains_key("managed-by") || meta.len() < MAX_META {
-            meta.insert("managed-by".into(), Value::from(MANAGED_BY));
-        }
-    }
+    mark_managed(&mut entry);
     Some(entry)
 }
 

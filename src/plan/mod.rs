@@ -28,7 +28,8 @@ use serde_json::{json, Value};
 
 use crate::config::{host_for_url, Config, GatewayKind, GatewayType};
 use crate::model::{
-    Body, Catalog, Entries, EntryKey, Kind, Ownership, Protocols, Registration, Warning, MANAGED_BY,
+    Body, Catalog, Entries, EntryKey, Kind, Ownership, Protocols, Registration, Warning,
+    CONSUL_OWNED_KEYS, MANAGED_BY, MAX_META,
 };
 
 /// What the planner needs to know of the configuration, and nothing more.
@@ -213,6 +214,44 @@ fn service_defaults(name: &str) -> DesiredEntry {
             _ => Body::new(),
         },
     )
+}
+
+/// A gateway entry as Consul holds it, without its listeners (which the backend
+/// rebuilds: thousands of services, so they are borrowed, not copied) and without what
+/// Consul writes itself; and its listeners. A `Listeners` value that is not a list is
+/// dropped (it cannot be valid).
+fn carry_over(current: Option<&Body>) -> (Body, &[Value]) {
+    let mut entry = Body::new();
+    let mut existing: &[Value] = &[];
+    for (key, value) in current.into_iter().flatten() {
+        if CONSUL_OWNED_KEYS.contains(&key.as_str()) {
+            continue;
+        }
+        if key == "Listeners" {
+            if let Value::Array(listeners) = value {
+                existing = listeners;
+            }
+            continue;
+        }
+        entry.insert(key.clone(), value.clone());
+    }
+    (entry, existing)
+}
+
+/// `Meta.managed-by` = us. Adding a 65th pair would make Consul reject the whole entry;
+/// the marker is informational, so it gives way.
+fn mark_managed(entry: &mut Body) {
+    let meta = entry
+        .entry("Meta")
+        .or_insert_with(|| Value::Object(Body::new()));
+    if !meta.is_object() {
+        *meta = Value::Object(Body::new());
+    }
+    if let Value::Object(meta) = meta {
+        if meta.contains_key("managed-by") || meta.len() < MAX_META {
+            meta.insert("managed-by".into(), Value::from(MANAGED_BY));
+        }
+    }
 }
 
 /// Collects warnings, naming tags as the operator wrote them (prefix included).
