@@ -83,12 +83,15 @@ struct Mode {
     intentions: bool,
     /// Scrape `/metrics` for reconcile passes per phase (implied by the other two).
     passes: bool,
+    /// Diagnosis: the simulator's API-gateway controller never runs (no Status, no
+    /// status-driven index bumps), to tell its share of the cost from the daemon's.
+    controller_paused: bool,
 }
 
 impl Mode {
     /// The benchmark as it always ran: its output stays the same.
     fn is_default(self) -> bool {
-        !self.api && !self.intentions && !self.passes
+        !self.api && !self.intentions && !self.passes && !self.controller_paused
     }
 
     fn gateway(self) -> &'static str {
@@ -114,7 +117,7 @@ impl Mode {
 
 const USAGE: &str = "usage: bench [--services N[,N...]] [--all] [--idle-secs S] [--changes C] \
 [--gap-ms MS] [--burst B] [--burst-ms MS] [--binary PATH] [--gateway ingress|api] [--intentions] \
-[--passes]
+[--passes] [--pause-gateway-controller]
   --services N   catalog size (repeatable or comma-separated); default --all = 10,1000,10000
   --idle-secs S  idle window after convergence (default 60)
   --changes C    host edits measured for reaction latency (default 50, at least 1)
@@ -124,7 +127,9 @@ const USAGE: &str = "usage: bench [--services N[,N...]] [--all] [--idle-secs S] 
   --binary PATH  daemon binary (default: the musl release build if present, else target/release)
   --gateway G    CONSULGATEWAY for the daemon: ingress (default) or api (the checks read http-routes)
   --intentions   SETINTENTIONS=true (the checks also read each exposed service's service-intentions)
-  --passes       count reconcile passes per phase from /metrics (implied by --gateway api, --intentions)";
+  --passes       count reconcile passes per phase from /metrics (implied by --gateway api, --intentions)
+  --pause-gateway-controller
+                 diagnosis: the simulator writes no Status on api-gateway and http-routes";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -191,6 +196,7 @@ fn parse_args() -> Result<Args, String> {
             },
             "--intentions" => args.mode.intentions = true,
             "--passes" => args.mode.passes = true,
+            "--pause-gateway-controller" => args.mode.controller_paused = true,
             "--help" | "-h" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -198,7 +204,7 @@ fn parse_args() -> Result<Args, String> {
     if all || args.sizes.is_empty() {
         args.sizes = vec![10, 1000, 10_000];
     }
-    args.mode.passes |= args.mode.api || args.mode.intentions;
+    args.mode.passes |= args.mode.api || args.mode.intentions || args.mode.controller_paused;
     Ok(args)
 }
 
@@ -868,6 +874,7 @@ struct RunResult {
     converge_requests: usize,
     converge_bytes: usize,
     converge_writes: u64,
+    converge_by_endpoint: BTreeMap<&'static str, usize>,
     cpu_converge_ms: f64,
     rss_converged_kib: u64,
     idle_secs: u64,
@@ -905,6 +912,12 @@ struct RunResult {
     passes_idle: u64,
     passes_changes: u64,
     passes_burst: u64,
+    /// With `--passes`: VmHWM one second after convergence, after the idle window and
+    /// after the host edits (the last is `hwm_kib`, after the burst).
+    hwm_phases_kib: [u64; 3],
+    /// Api mode: Status (and bound-entry) writes of the simulator's gateway controller
+    /// up to one second after convergence, during the host edits and the burst.
+    status_writes: [u64; 3],
 }
 
 fn run_one(n: usize, binary: &Binary, args: &Args) -> Result<RunResult, String> {
@@ -923,6 +936,9 @@ fn run_one(n: usize, binary: &Binary, args: &Args) -> Result<RunResult, String> 
         max_wait: IDLE_MAX_WAIT,
         ..SimOptions::default()
     });
+    if mode.controller_paused {
+        sim.pause_gateway_controller(true);
+    }
     let mut workload = Workload::new(n);
     sim.put_config(
         json!({"Kind": "proxy-defaults", "Name": "global", "Config": {"local_connect_timeout_ms": 5000}}),
@@ -1029,6 +1045,8 @@ fn run_one(n: usize, binary: &Binary, args: &Args) -> Result<RunResult, String> 
         }
     };
     r.passes_converge = passes("convergence")?;
+    r.hwm_phases_kib[0] = proc_stats(pid, machine_ticks).unwrap_or_default().hwm_kib;
+    r.status_writes[0] = sim.gateway_status_writes();
     let log = sim.requests();
     let startup = &log[base_log.min(log.len())..];
     let first = startup
@@ -1054,6 +1072,7 @@ fn run_one(n: usize, binary: &Binary, args: &Args) -> Result<RunResult, String> 
     let converge = traffic(startup);
     r.converge_requests = converge.requests;
     r.converge_bytes = converge.bytes;
+    r.converge_by_endpoint = converge.by_endpoint.clone();
     r.converge_writes = sim.state_changing_writes() - base_writes;
 
     // --- idle
@@ -1082,6 +1101,7 @@ fn run_one(n: usize, binary: &Binary, args: &Args) -> Result<RunResult, String> 
     r.idle_writes = sim.state_changing_writes() - idle_writes;
     r.idle_cpu_ms = ms(proc_stats(pid, machine_ticks).unwrap_or_default().cpu - idle_cpu);
     r.passes_idle = passes("idle")? - idle_passes;
+    r.hwm_phases_kib[1] = proc_stats(pid, machine_ticks).unwrap_or_default().hwm_kib;
 
     // --- reaction to host edits
     eprintln!("bench: N = {n}: {} host edits", args.changes);
@@ -1089,6 +1109,7 @@ fn run_one(n: usize, binary: &Binary, args: &Args) -> Result<RunResult, String> 
     let changes_writes = sim.state_changing_writes();
     let changes_cpu = proc_stats(pid, machine_ticks).unwrap_or_default().cpu;
     let changes_passes = passes("host edits")?;
+    let changes_status = sim.gateway_status_writes();
     let gap = Duration::from_millis(args.gap_ms);
     let tagged_count = workload.tagged.len();
     for k in 0..args.changes {
@@ -1145,6 +1166,8 @@ fn run_one(n: usize, binary: &Binary, args: &Args) -> Result<RunResult, String> 
     r.change_writes = sim.state_changing_writes() - changes_writes;
     r.change_cpu_ms = ms(proc_stats(pid, machine_ticks).unwrap_or_default().cpu - changes_cpu);
     r.passes_changes = passes("host edits")? - changes_passes;
+    r.status_writes[1] = sim.gateway_status_writes() - changes_status;
+    r.hwm_phases_kib[2] = proc_stats(pid, machine_ticks).unwrap_or_default().hwm_kib;
 
     // --- a burst of host edits
     if args.burst > 0 {
@@ -1153,6 +1176,7 @@ fn run_one(n: usize, binary: &Binary, args: &Args) -> Result<RunResult, String> 
             args.burst, args.burst_ms
         );
         let burst_passes = passes("burst")?;
+        let burst_status = sim.gateway_status_writes();
         burst(
             &sim,
             &mut daemon,
@@ -1163,6 +1187,7 @@ fn run_one(n: usize, binary: &Binary, args: &Args) -> Result<RunResult, String> 
             machine_ticks,
         )?;
         r.passes_burst = passes("burst")? - burst_passes;
+        r.status_writes[2] = sim.gateway_status_writes() - burst_status;
     }
     let end = proc_stats(pid, machine_ticks).unwrap_or_default();
     r.hwm_kib = end.hwm_kib;
@@ -1183,7 +1208,13 @@ fn run_one(n: usize, binary: &Binary, args: &Args) -> Result<RunResult, String> 
                 object.remove(key);
             }
             if mode.api {
+                let with_status = serde_json::to_vec(object).map_or(0, |v| v.len());
                 object.remove("Status"); // the controller's: a client's is dropped
+                let without = serde_json::to_vec(object).map_or(0, |v| v.len());
+                eprintln!(
+                    "bench: N = {n}: one route is {with_status} bytes as JSON, {} of them its Status",
+                    with_status.saturating_sub(without)
+                );
             }
         }
         let writes = sim.state_changing_writes();
@@ -1384,6 +1415,10 @@ impl RunResult {
             if let Some(object) = out.as_object_mut() {
                 object.insert("gateway".into(), json!(self.mode.gateway()));
                 object.insert("intentions".into(), json!(self.mode.intentions));
+                object.insert(
+                    "gateway_controller_paused".into(),
+                    json!(self.mode.controller_paused),
+                );
                 object.insert("passes_converge".into(), json!(self.passes_converge));
                 object.insert("passes_idle".into(), json!(self.passes_idle));
                 object.insert(
@@ -1391,6 +1426,15 @@ impl RunResult {
                     json!(self.per_change(self.passes_changes as usize)),
                 );
                 object.insert("passes_burst".into(), json!(self.passes_burst));
+                object.insert(
+                    "converge_requests_by_endpoint".into(),
+                    by_endpoint(&self.converge_by_endpoint, 1.0),
+                );
+                object.insert("peak_rss_by_phase_kib".into(), json!(self.hwm_phases_kib));
+                object.insert(
+                    "sim_status_writes_converge_changes_burst".into(),
+                    json!(self.status_writes),
+                );
             }
         }
         out
@@ -1428,13 +1472,18 @@ fn print_table(results: &[RunResult], binary: &Binary, machine: &Machine, args: 
     let mode = args.mode;
     if !mode.is_default() {
         println!(
-            "gateway {} (CONSULGATEWAY={}); intentions {}; reconcile passes counted from /metrics",
+            "gateway {} (CONSULGATEWAY={}); intentions {}; reconcile passes counted from /metrics{}",
             mode.gateway(),
             mode.gateway(),
             if mode.intentions {
                 "on (SETINTENTIONS=true)"
             } else {
                 "off"
+            },
+            if mode.controller_paused {
+                "; the simulator's gateway controller PAUSED (no Status)"
+            } else {
+                ""
             }
         );
     }
@@ -1769,7 +1818,7 @@ fn print_table(results: &[RunResult], binary: &Binary, machine: &Machine, args: 
     }
     if mode.passes {
         let i = at(&rows, "idle: open connections (min-max)");
-        let passes: Vec<(&str, Cell, &str)> = vec![
+        let mut passes: Vec<(&str, Cell, &str)> = vec![
             (
                 "reconcile passes: converge / idle",
                 Box::new(|r: &RunResult| format!("{}/{}", r.passes_converge, r.passes_idle)),
@@ -1785,7 +1834,29 @@ fn print_table(results: &[RunResult], binary: &Binary, machine: &Machine, args: 
                 Box::new(|r: &RunResult| format!("{}", r.passes_burst)),
                 "",
             ),
+            (
+                "VmHWM after converge/idle/edits (MiB)",
+                Box::new(|r: &RunResult| {
+                    let [a, b, c] = r.hwm_phases_kib.map(|k| k as f64 / 1024.0);
+                    format!("{a:.1}/{b:.1}/{c:.1}")
+                }),
+                "",
+            ),
         ];
+        if mode.api {
+            passes.push((
+                "sim Status writes: converge/edit/burst",
+                Box::new(|r: &RunResult| {
+                    format!(
+                        "{}/{:.1}/{}",
+                        r.status_writes[0],
+                        r.per_change(r.status_writes[1] as usize),
+                        r.status_writes[2]
+                    )
+                }),
+                "",
+            ));
+        }
         for (k, row) in passes.into_iter().enumerate() {
             rows.insert(i + k, row);
         }
