@@ -28,6 +28,15 @@
 //!   `IDLE_MAX_WAIT` by the simulator so watches expire and are re-issued in the window;
 //! - open connections while idle, peak RSS (VmHWM) and CPU time (utime + stime).
 //!
+//! `--gateway api` runs the daemon with `CONSULGATEWAY=api`: the state checks read the
+//! `http-route` entries instead (one per tagged service, `edge-<service>`, whose
+//! `Hostnames` are the service's host), and the entry writes counted are the route
+//! writes (plus any to the `api-gateway` entry). `--intentions` runs it with
+//! `SETINTENTIONS=true`: convergence and the burst's final state also need every
+//! exposed service's `service-intentions` to hold the gateway's `allow` source. Either
+//! implies `--passes`: the reconcile passes (`ism_reconciles_total` from `/metrics`)
+//! per phase, to show work that writes nothing.
+//!
 //! Output: progress on stderr; a table and one `BENCH_JSON {...}` line per N on stdout.
 
 // The result's `json!` object has more keys than the default macro recursion allows.
@@ -62,17 +71,65 @@ struct Args {
     burst: usize,
     burst_ms: u64,
     binary: Option<PathBuf>,
+    mode: Mode,
+}
+
+/// What the daemon is asked to drive: the gateway kind and whether it writes intentions.
+#[derive(Debug, Clone, Copy, Default)]
+struct Mode {
+    /// `CONSULGATEWAY=api` (else the default, `ingress`).
+    api: bool,
+    /// `SETINTENTIONS=true`.
+    intentions: bool,
+    /// Scrape `/metrics` for reconcile passes per phase (implied by the other two).
+    passes: bool,
+    /// Diagnosis: the simulator's API-gateway controller never runs (no Status, no
+    /// status-driven index bumps), to tell its share of the cost from the daemon's.
+    controller_paused: bool,
+}
+
+impl Mode {
+    /// The benchmark as it always ran: its output stays the same.
+    fn is_default(self) -> bool {
+        !self.api && !self.intentions && !self.passes && !self.controller_paused
+    }
+
+    fn gateway(self) -> &'static str {
+        if self.api {
+            "api"
+        } else {
+            "ingress"
+        }
+    }
+
+    /// The daemon's environment for this mode, beyond the common variables.
+    fn env(self) -> Vec<(&'static str, &'static str)> {
+        let mut env = Vec::new();
+        if self.api {
+            env.push(("CONSULGATEWAY", "api"));
+        }
+        if self.intentions {
+            env.push(("SETINTENTIONS", "true"));
+        }
+        env
+    }
 }
 
 const USAGE: &str = "usage: bench [--services N[,N...]] [--all] [--idle-secs S] [--changes C] \
-[--gap-ms MS] [--burst B] [--burst-ms MS] [--binary PATH]
+[--gap-ms MS] [--burst B] [--burst-ms MS] [--binary PATH] [--gateway ingress|api] [--intentions] \
+[--passes] [--pause-gateway-controller]
   --services N   catalog size (repeatable or comma-separated); default --all = 10,1000,10000
   --idle-secs S  idle window after convergence (default 60)
   --changes C    host edits measured for reaction latency (default 50, at least 1)
   --gap-ms MS    quiet time after each edit has converged before the next (default 500)
   --burst B      host edits in the burst, 0 for none (default 50)
   --burst-ms MS  the burst's edits are spread evenly over this window (default 1000)
-  --binary PATH  daemon binary (default: the musl release build if present, else target/release)";
+  --binary PATH  daemon binary (default: the musl release build if present, else target/release)
+  --gateway G    CONSULGATEWAY for the daemon: ingress (default) or api (the checks read http-routes)
+  --intentions   SETINTENTIONS=true (the checks also read each exposed service's service-intentions)
+  --passes       count reconcile passes per phase from /metrics (implied by --gateway api, --intentions)
+  --pause-gateway-controller
+                 diagnosis: the simulator writes no Status on api-gateway and http-routes";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -83,6 +140,7 @@ fn parse_args() -> Result<Args, String> {
         burst: 50,
         burst_ms: 1000,
         binary: None,
+        mode: Mode::default(),
     };
     let mut all = false;
     let mut it = std::env::args().skip(1);
@@ -131,6 +189,14 @@ fn parse_args() -> Result<Args, String> {
                     .map_err(|_| "--burst-ms: not a number")?;
             }
             "--binary" => args.binary = Some(PathBuf::from(value("--binary")?)),
+            "--gateway" => match value("--gateway")?.as_str() {
+                "ingress" => args.mode.api = false,
+                "api" => args.mode.api = true,
+                other => return Err(format!("--gateway: {other:?} is neither ingress nor api")),
+            },
+            "--intentions" => args.mode.intentions = true,
+            "--passes" => args.mode.passes = true,
+            "--pause-gateway-controller" => args.mode.controller_paused = true,
             "--help" | "-h" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -138,6 +204,7 @@ fn parse_args() -> Result<Args, String> {
     if all || args.sizes.is_empty() {
         args.sizes = vec![10, 1000, 10_000];
     }
+    args.mode.passes |= args.mode.api || args.mode.intentions || args.mode.controller_paused;
     Ok(args)
 }
 
@@ -468,8 +535,12 @@ impl Workload {
 
 // ------------------------------------------------------------------ observation helpers
 
-/// `service -> sorted hosts` on the http listener of the gateway's entry.
-fn routes(sim: &Sim) -> BTreeMap<String, Vec<String>> {
+/// `service -> sorted hosts` the gateway routes: the http listener of the
+/// `ingress-gateway` entry, or in api mode the daemon's `http-route` entries.
+fn routes(sim: &Sim, mode: Mode) -> BTreeMap<String, Vec<String>> {
+    if mode.api {
+        return api_routes(sim);
+    }
     let Some(entry) = sim.config("ingress-gateway", GATEWAY) else {
         return BTreeMap::new();
     };
@@ -490,6 +561,90 @@ fn routes(sim: &Sim) -> BTreeMap<String, Vec<String>> {
         }
     }
     out
+}
+
+/// Our routes as `service -> sorted Hostnames`: a route `edge-<service>` carrying our
+/// Meta for this gateway. A route whose target is not its service shows an extra
+/// `<target ...>` host, so it never matches what is expected.
+fn api_routes(sim: &Sim) -> BTreeMap<String, Vec<String>> {
+    let mut out = BTreeMap::new();
+    let prefix = format!("{GATEWAY}-");
+    for name in sim.config_names("http-route") {
+        let Some(route) = sim.config("http-route", &name) else {
+            continue;
+        };
+        if route["Meta"]["ingress-service-monitor-gateway"] != GATEWAY {
+            continue;
+        }
+        let service = name.strip_prefix(&prefix).unwrap_or(&name).to_string();
+        let mut hosts = hostnames(&route);
+        let target = route["Rules"][0]["Services"][0]["Name"].as_str();
+        if target != Some(service.as_str()) {
+            hosts.push(format!("<target {target:?}>"));
+        }
+        out.insert(service, hosts);
+    }
+    out
+}
+
+fn hostnames(route: &Value) -> Vec<String> {
+    let mut hosts: Vec<String> = route["Hostnames"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|h| h.as_str().map(str::to_string))
+        .collect();
+    hosts.sort();
+    hosts
+}
+
+/// The hosts the gateway routes to one service (None: not routed).
+fn service_hosts(sim: &Sim, mode: Mode, service: &str) -> Option<Vec<String>> {
+    if !mode.api {
+        return routes(sim, mode).remove(service);
+    }
+    let route = sim.config("http-route", &format!("{GATEWAY}-{service}"))?;
+    let target = route["Rules"][0]["Services"][0]["Name"].as_str();
+    (target == Some(service)).then(|| hostnames(&route))
+}
+
+/// With `--intentions`: how many of `services` have no `service-intentions` holding an
+/// `allow` from the gateway (0 otherwise).
+fn intentions_missing<'a>(
+    sim: &Sim,
+    mode: Mode,
+    services: impl IntoIterator<Item = &'a String>,
+) -> usize {
+    if !mode.intentions {
+        return 0;
+    }
+    services
+        .into_iter()
+        .filter(|service| {
+            let entry = sim.config("service-intentions", service);
+            let allowed = entry.as_ref().is_some_and(|entry| {
+                entry["Sources"].as_array().into_iter().flatten().any(|s| {
+                    s["Name"] == GATEWAY
+                        && s["Action"] == "allow"
+                        && s["Peer"].as_str().unwrap_or("").is_empty()
+                })
+            });
+            !allowed
+        })
+        .count()
+}
+
+/// Writes that changed the gateway's config: the `ingress-gateway` entry, or in api
+/// mode the `api-gateway` entry and every `http-route`.
+fn gateway_entry_writes(sim: &Sim, mode: Mode) -> u64 {
+    if !mode.api {
+        return sim.entry_writes("ingress-gateway", GATEWAY);
+    }
+    sim.config_names("http-route")
+        .iter()
+        .map(|name| sim.entry_writes("http-route", name))
+        .sum::<u64>()
+        + sim.entry_writes("api-gateway", GATEWAY)
 }
 
 fn ingress_tags(sim: &Sim) -> Option<BTreeSet<String>> {
@@ -540,6 +695,9 @@ fn endpoint(record: &RequestRecord) -> &'static str {
         ("GET", "/v1/config/service-defaults") => "GET service-defaults",
         ("GET", "/v1/config/proxy-defaults/global") => "GET proxy-defaults",
         ("GET", p) if p == format!("/v1/config/ingress-gateway/{GATEWAY}") => "GET entry",
+        ("GET", p) if p == format!("/v1/config/api-gateway/{GATEWAY}") => "GET entry",
+        ("GET", "/v1/config/http-route") => "GET routes",
+        ("GET", "/v1/config/service-intentions") => "GET intentions",
         ("GET", p) if p == format!("/v1/agent/service/{INGRESS_ID}") => "GET agent service",
         ("PUT", "/v1/config") => "PUT entry",
         ("PUT", "/v1/agent/service/register") => "PUT register",
@@ -573,6 +731,22 @@ struct Daemon {
 }
 
 impl Daemon {
+    /// The port `/health` and `/metrics` were bound to (`HEALTHPORT=0`: the daemon logs it).
+    fn health_port(&self) -> Result<u16, String> {
+        let marker = "addr=0.0.0.0:";
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let start = text
+            .find(marker)
+            .map(|i| i + marker.len())
+            .ok_or_else(|| format!("no {marker:?} in the daemon's log:\n{}", self.log_tail()))?;
+        text[start..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .map_err(|e| format!("the health port in the daemon's log: {e}"))
+    }
+
     fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
@@ -634,6 +808,30 @@ fn raw_get(sim: &Sim, path: &str) -> Result<(Duration, usize), String> {
     Ok((start.elapsed(), response.len()))
 }
 
+/// `ism_reconciles_total`, both results, from the daemon's `/metrics`.
+fn reconcile_passes(port: u16) -> Result<u64, String> {
+    use std::io::{Read, Write};
+    let mut stream =
+        std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response); // a reset after the body is fine
+    let passes: Vec<u64> = response
+        .lines()
+        .filter(|l| l.starts_with("ism_reconciles_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    if passes.is_empty() {
+        return Err("no ism_reconciles_total".into());
+    }
+    Ok(passes.iter().sum())
+}
+
 fn median(mut samples: Vec<Duration>) -> Duration {
     samples.sort();
     samples.get(samples.len() / 2).copied().unwrap_or_default()
@@ -676,6 +874,7 @@ struct RunResult {
     converge_requests: usize,
     converge_bytes: usize,
     converge_writes: u64,
+    converge_by_endpoint: BTreeMap<&'static str, usize>,
     cpu_converge_ms: f64,
     rss_converged_kib: u64,
     idle_secs: u64,
@@ -706,6 +905,19 @@ struct RunResult {
     rss_end_kib: u64,
     cpu_total_ms: f64,
     exit_status: String,
+    mode: Mode,
+    /// With `--passes`: reconcile passes (`ism_reconciles_total`) from start to one
+    /// second after convergence, during the idle window, the host edits and the burst.
+    passes_converge: u64,
+    passes_idle: u64,
+    passes_changes: u64,
+    passes_burst: u64,
+    /// With `--passes`: VmHWM one second after convergence, after the idle window and
+    /// after the host edits (the last is `hwm_kib`, after the burst).
+    hwm_phases_kib: [u64; 3],
+    /// Api mode: Status (and bound-entry) writes of the simulator's gateway controller
+    /// up to one second after convergence, during the host edits and the burst.
+    status_writes: [u64; 3],
 }
 
 fn run_one(n: usize, binary: &Binary, args: &Args) -> Result<RunResult, String> {
@@ -714,14 +926,19 @@ fn run_one(n: usize, binary: &Binary, args: &Args) -> Result<RunResult, String> 
         idle_secs: args.idle_secs,
         changes: args.changes,
         burst: args.burst,
+        mode: args.mode,
         ..RunResult::default()
     };
+    let mode = args.mode;
     let machine_ticks = Machine::read().clock_ticks;
     let setup = Instant::now();
     let sim = Sim::start(SimOptions {
         max_wait: IDLE_MAX_WAIT,
         ..SimOptions::default()
     });
+    if mode.controller_paused {
+        sim.pause_gateway_controller(true);
+    }
     let mut workload = Workload::new(n);
     sim.put_config(
         json!({"Kind": "proxy-defaults", "Name": "global", "Config": {"local_connect_timeout_ms": 5000}}),
@@ -764,6 +981,7 @@ fn run_one(n: usize, binary: &Binary, args: &Args) -> Result<RunResult, String> 
         .env("CONSULHTTPURL", sim.url())
         .env("HEALTHPORT", "0")
         .env("RUST_LOG", "info")
+        .envs(mode.env())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log_file)
@@ -778,23 +996,33 @@ fn run_one(n: usize, binary: &Binary, args: &Args) -> Result<RunResult, String> 
     // --- first convergence
     let want_routes = workload.expected_routes();
     let want_tags = workload.expected_tags();
+    // The writes convergence takes at least: the gateway's entry and the registration,
+    // in api mode one route per tagged service, with intentions one entry per tagged
+    // service (checking the state only then keeps the simulator's lock free meanwhile).
+    let tagged = workload.tagged.len() as u64;
+    let least_writes =
+        2 + if mode.api { tagged } else { 0 } + if mode.intentions { tagged } else { 0 };
     let deadline = spawned_at + Duration::from_secs(120);
     let converged_at = loop {
-        if sim.state_changing_writes() >= base_writes + 2 {
+        if sim.state_changing_writes() >= base_writes + least_writes {
             let now = Instant::now();
-            if routes(&sim) == want_routes && ingress_tags(&sim).as_ref() == Some(&want_tags) {
+            if routes(&sim, mode) == want_routes
+                && ingress_tags(&sim).as_ref() == Some(&want_tags)
+                && intentions_missing(&sim, mode, want_routes.keys()) == 0
+            {
                 break now;
             }
         }
         daemon.check_alive()?;
         if Instant::now() > deadline {
-            let got = routes(&sim);
+            let got = routes(&sim, mode);
             return Err(format!(
-                "no convergence within 120 s: entry has {} of {} services, ingress service has {:?} of {} tags; daemon log:\n{}",
+                "no convergence within 120 s: entry has {} of {} services, ingress service has {:?} of {} tags, {} intentions missing; daemon log:\n{}",
                 got.len(),
                 want_routes.len(),
                 ingress_tags(&sim).map(|t| t.len()),
                 want_tags.len(),
+                intentions_missing(&sim, mode, want_routes.keys()),
                 daemon.log_tail()
             ));
         }
@@ -805,6 +1033,20 @@ fn run_one(n: usize, binary: &Binary, args: &Args) -> Result<RunResult, String> 
     // request is logged once its answer is built).
     std::thread::sleep(Duration::from_secs(1));
     daemon.check_alive()?;
+    let metrics = if mode.passes {
+        Some(daemon.health_port()?)
+    } else {
+        None
+    };
+    let passes = |what: &str| -> Result<u64, String> {
+        match metrics {
+            Some(port) => reconcile_passes(port).map_err(|e| format!("{what}: /metrics: {e}")),
+            None => Ok(0),
+        }
+    };
+    r.passes_converge = passes("convergence")?;
+    r.hwm_phases_kib[0] = proc_stats(pid, machine_ticks).unwrap_or_default().hwm_kib;
+    r.status_writes[0] = sim.gateway_status_writes();
     let log = sim.requests();
     let startup = &log[base_log.min(log.len())..];
     let first = startup
@@ -830,6 +1072,7 @@ fn run_one(n: usize, binary: &Binary, args: &Args) -> Result<RunResult, String> 
     let converge = traffic(startup);
     r.converge_requests = converge.requests;
     r.converge_bytes = converge.bytes;
+    r.converge_by_endpoint = converge.by_endpoint.clone();
     r.converge_writes = sim.state_changing_writes() - base_writes;
 
     // --- idle
@@ -840,6 +1083,7 @@ fn run_one(n: usize, binary: &Binary, args: &Args) -> Result<RunResult, String> 
     let idle_log = sim.requests().len();
     let idle_writes = sim.state_changing_writes();
     let idle_cpu = proc_stats(pid, machine_ticks).unwrap_or_default().cpu;
+    let idle_passes = passes("idle")?;
     let idle_end = Instant::now() + Duration::from_secs(args.idle_secs);
     r.conns_idle_min = usize::MAX;
     loop {
@@ -856,12 +1100,16 @@ fn run_one(n: usize, binary: &Binary, args: &Args) -> Result<RunResult, String> 
     r.idle = traffic(&sim.requests()[idle_log..]);
     r.idle_writes = sim.state_changing_writes() - idle_writes;
     r.idle_cpu_ms = ms(proc_stats(pid, machine_ticks).unwrap_or_default().cpu - idle_cpu);
+    r.passes_idle = passes("idle")? - idle_passes;
+    r.hwm_phases_kib[1] = proc_stats(pid, machine_ticks).unwrap_or_default().hwm_kib;
 
     // --- reaction to host edits
     eprintln!("bench: N = {n}: {} host edits", args.changes);
     let changes_log = sim.requests().len();
     let changes_writes = sim.state_changing_writes();
     let changes_cpu = proc_stats(pid, machine_ticks).unwrap_or_default().cpu;
+    let changes_passes = passes("host edits")?;
+    let changes_status = sim.gateway_status_writes();
     let gap = Duration::from_millis(args.gap_ms);
     let tagged_count = workload.tagged.len();
     for k in 0..args.changes {
@@ -892,7 +1140,7 @@ fn run_one(n: usize, binary: &Binary, args: &Args) -> Result<RunResult, String> 
         r.latency_poll.push(ms(seen - started));
         let host = service.host.clone();
         let name = service.name.clone();
-        let entry_hosts = routes(&sim).get(&name).cloned();
+        let entry_hosts = service_hosts(&sim, mode, &name);
         let tagged_ok = ingress_tags(&sim)
             .is_some_and(|tags| tags.iter().any(|t| t.contains(&format!("Host(`{host}`)"))));
         if entry_hosts.as_deref() != Some(std::slice::from_ref(&host)) || !tagged_ok {
@@ -917,6 +1165,9 @@ fn run_one(n: usize, binary: &Binary, args: &Args) -> Result<RunResult, String> 
     r.change_traffic = traffic(&sim.requests()[changes_log..]);
     r.change_writes = sim.state_changing_writes() - changes_writes;
     r.change_cpu_ms = ms(proc_stats(pid, machine_ticks).unwrap_or_default().cpu - changes_cpu);
+    r.passes_changes = passes("host edits")? - changes_passes;
+    r.status_writes[1] = sim.gateway_status_writes() - changes_status;
+    r.hwm_phases_kib[2] = proc_stats(pid, machine_ticks).unwrap_or_default().hwm_kib;
 
     // --- a burst of host edits
     if args.burst > 0 {
@@ -924,6 +1175,8 @@ fn run_one(n: usize, binary: &Binary, args: &Args) -> Result<RunResult, String> 
             "bench: N = {n}: burst of {} host edits within {} ms",
             args.burst, args.burst_ms
         );
+        let burst_passes = passes("burst")?;
+        let burst_status = sim.gateway_status_writes();
         burst(
             &sim,
             &mut daemon,
@@ -933,6 +1186,8 @@ fn run_one(n: usize, binary: &Binary, args: &Args) -> Result<RunResult, String> 
             pid,
             machine_ticks,
         )?;
+        r.passes_burst = passes("burst")? - burst_passes;
+        r.status_writes[2] = sim.gateway_status_writes() - burst_status;
     }
     let end = proc_stats(pid, machine_ticks).unwrap_or_default();
     r.hwm_kib = end.hwm_kib;
@@ -940,11 +1195,26 @@ fn run_one(n: usize, binary: &Binary, args: &Args) -> Result<RunResult, String> 
     r.cpu_total_ms = ms(end.cpu);
 
     // The simulator's own cost of the daemon's entry write (identical content: it is
-    // decoded, validated and compared, nothing changes).
-    if let Some(mut entry) = sim.config("ingress-gateway", GATEWAY) {
+    // decoded, validated and compared, nothing changes). In api mode: one route.
+    let probe = if mode.api {
+        let first = workload.tagged.first().map_or("", |t| t.name.as_str());
+        sim.config("http-route", &format!("{GATEWAY}-{first}"))
+    } else {
+        sim.config("ingress-gateway", GATEWAY)
+    };
+    if let Some(mut entry) = probe {
         if let Some(object) = entry.as_object_mut() {
             for key in ["CreateIndex", "ModifyIndex", "Hash"] {
                 object.remove(key);
+            }
+            if mode.api {
+                let with_status = serde_json::to_vec(object).map_or(0, |v| v.len());
+                object.remove("Status"); // the controller's: a client's is dropped
+                let without = serde_json::to_vec(object).map_or(0, |v| v.len());
+                eprintln!(
+                    "bench: N = {n}: one route is {with_status} bytes as JSON, {} of them its Status",
+                    with_status.saturating_sub(without)
+                );
             }
         }
         let writes = sim.state_changing_writes();
@@ -981,7 +1251,8 @@ fn burst(
     machine_ticks: u64,
 ) -> Result<(), String> {
     let log_start = sim.requests().len();
-    let entry_writes = sim.entry_writes("ingress-gateway", GATEWAY);
+    let mode = args.mode;
+    let entry_writes = gateway_entry_writes(sim, mode);
     let cpu = proc_stats(pid, machine_ticks).unwrap_or_default().cpu;
     let tagged_count = workload.tagged.len();
     let step = Duration::from_millis(args.burst_ms) / args.burst.max(1) as u32;
@@ -1005,15 +1276,18 @@ fn burst(
     let want_routes = workload.expected_routes();
     let want_tags = workload.expected_tags();
     let deadline = last_edit + Duration::from_secs(30);
-    let exact =
-        |sim: &Sim| routes(sim) == want_routes && ingress_tags(sim).as_ref() == Some(&want_tags);
+    let exact = |sim: &Sim| {
+        routes(sim, mode) == want_routes
+            && ingress_tags(sim).as_ref() == Some(&want_tags)
+            && intentions_missing(sim, mode, want_routes.keys()) == 0
+    };
     let settled = loop {
         if exact(sim) {
             break Instant::now();
         }
         daemon.check_alive()?;
         if Instant::now() > deadline {
-            let got = routes(sim);
+            let got = routes(sim, mode);
             let wrong = want_routes
                 .iter()
                 .filter(|(name, hosts)| got.get(*name) != Some(hosts))
@@ -1039,7 +1313,7 @@ fn burst(
     r.burst_requests = window.requests;
     r.burst_entry_puts = *window.by_endpoint.get("PUT entry").unwrap_or(&0);
     r.burst_register_puts = *window.by_endpoint.get("PUT register").unwrap_or(&0);
-    r.burst_entry_writes = sim.entry_writes("ingress-gateway", GATEWAY) - entry_writes;
+    r.burst_entry_writes = gateway_entry_writes(sim, mode) - entry_writes;
     r.burst_cpu_ms = ms(proc_stats(pid, machine_ticks).unwrap_or_default().cpu - cpu);
     Ok(())
 }
@@ -1074,7 +1348,7 @@ impl RunResult {
                 .collect::<serde_json::Map<String, Value>>()
                 .into()
         };
-        json!({
+        let mut out = json!({
             "commit": commit,
             "services": self.n,
             "tagged_services": self.tagged,
@@ -1136,7 +1410,34 @@ impl RunResult {
             "rss_end_kib": self.rss_end_kib,
             "cpu_total_ms": self.cpu_total_ms,
             "exit": self.exit_status,
-        })
+        });
+        if !self.mode.is_default() {
+            if let Some(object) = out.as_object_mut() {
+                object.insert("gateway".into(), json!(self.mode.gateway()));
+                object.insert("intentions".into(), json!(self.mode.intentions));
+                object.insert(
+                    "gateway_controller_paused".into(),
+                    json!(self.mode.controller_paused),
+                );
+                object.insert("passes_converge".into(), json!(self.passes_converge));
+                object.insert("passes_idle".into(), json!(self.passes_idle));
+                object.insert(
+                    "passes_per_change".into(),
+                    json!(self.per_change(self.passes_changes as usize)),
+                );
+                object.insert("passes_burst".into(), json!(self.passes_burst));
+                object.insert(
+                    "converge_requests_by_endpoint".into(),
+                    by_endpoint(&self.converge_by_endpoint, 1.0),
+                );
+                object.insert("peak_rss_by_phase_kib".into(), json!(self.hwm_phases_kib));
+                object.insert(
+                    "sim_status_writes_converge_changes_burst".into(),
+                    json!(self.status_writes),
+                );
+            }
+        }
+        out
     }
 }
 
@@ -1168,6 +1469,24 @@ fn print_table(results: &[RunResult], binary: &Binary, machine: &Machine, args: 
         args.burst,
         args.burst_ms
     );
+    let mode = args.mode;
+    if !mode.is_default() {
+        println!(
+            "gateway {} (CONSULGATEWAY={}); intentions {}; reconcile passes counted from /metrics{}",
+            mode.gateway(),
+            mode.gateway(),
+            if mode.intentions {
+                "on (SETINTENTIONS=true)"
+            } else {
+                "off"
+            },
+            if mode.controller_paused {
+                "; the simulator's gateway controller PAUSED (no Status)"
+            } else {
+                ""
+            }
+        );
+    }
     println!();
     let mut header = format!("{:<46}", "metric");
     for result in results {
@@ -1178,7 +1497,27 @@ fn print_table(results: &[RunResult], binary: &Binary, machine: &Machine, args: 
     println!("{}", "-".repeat(header.len()));
     type Cell = Box<dyn Fn(&RunResult) -> String>;
     let f1 = |x: f64| format!("{x:.1}");
-    let rows: Vec<(&str, Cell, &str)> = vec![
+    // One watch (connection) more for the routes in api mode, one for the intentions.
+    let conns_target = match (mode.api, mode.intentions) {
+        (false, false) => "<= 5, const",
+        (true, false) => "<= 6, const",
+        (false, true) => "<= 6 (5 + intentions), const",
+        (true, true) => "<= 7 (6 + intentions), const",
+    };
+    let (burst_label, burst_target) = if mode.api {
+        (
+            "burst: route writes (PUT /v1/config requests)",
+            "1 per edited route",
+        )
+    } else {
+        ("burst: entry writes (PUT entry requests)", "<= 5")
+    };
+    let rss_target = match (mode.api, mode.intentions) {
+        (false, false) => "<= 8 @1k, <= 12 @10k",
+        (true, false) => "<= 1.5x ingress @1k",
+        (_, true) => "= without intentions",
+    };
+    let mut rows: Vec<(&str, Cell, &str)> = vec![
         (
             "tagged services / catalog tags",
             Box::new(|r: &RunResult| format!("{}/{}", r.tagged, r.catalog_tags)),
@@ -1333,7 +1672,14 @@ fn print_table(results: &[RunResult], binary: &Binary, machine: &Machine, args: 
         (
             "  of which timer-driven (expiries, agent check)",
             Box::new(|r: &RunResult| {
-                let known = ["GET catalog", "GET entry", "PUT entry", "PUT register"];
+                let known = [
+                    "GET catalog",
+                    "GET entry",
+                    "GET routes",
+                    "GET intentions",
+                    "PUT entry",
+                    "PUT register",
+                ];
                 let other: usize = r
                     .change_traffic
                     .by_endpoint
@@ -1374,9 +1720,9 @@ fn print_table(results: &[RunResult], binary: &Binary, machine: &Machine, args: 
             "50 within 1 s",
         ),
         (
-            "burst: entry writes (PUT entry requests)",
+            burst_label,
             Box::new(|r: &RunResult| format!("{} ({})", r.burst_entry_writes, r.burst_entry_puts)),
-            "<= 5",
+            burst_target,
         ),
         (
             "  register PUTs / all requests",
@@ -1416,7 +1762,7 @@ fn print_table(results: &[RunResult], binary: &Binary, machine: &Machine, args: 
         (
             "idle: open connections (min-max)",
             Box::new(|r: &RunResult| format!("{}-{}", r.conns_idle_min, r.conns_idle_max)),
-            "<= 5, const",
+            conns_target,
         ),
         (
             "RSS at convergence (MiB)",
@@ -1426,7 +1772,7 @@ fn print_table(results: &[RunResult], binary: &Binary, machine: &Machine, args: 
         (
             "peak RSS, VmHWM (MiB)",
             Box::new(|r: &RunResult| format!("{:.2}", r.hwm_kib as f64 / 1024.0)),
-            "<= 8 @1k, <= 12 @10k",
+            rss_target,
         ),
         (
             "CPU total, utime+stime (ms)",
@@ -1439,6 +1785,82 @@ fn print_table(results: &[RunResult], binary: &Binary, machine: &Machine, args: 
             "",
         ),
     ];
+    let at = |rows: &[(&str, Cell, &str)], label: &str| {
+        rows.iter()
+            .position(|(l, _, _)| *l == label)
+            .map_or(rows.len(), |i| i + 1)
+    };
+    let per_change_of = |endpoint: &'static str| -> Cell {
+        Box::new(move |r: &RunResult| {
+            format!(
+                "{:.2}",
+                r.per_change(*r.change_traffic.by_endpoint.get(endpoint).unwrap_or(&0))
+            )
+        })
+    };
+    if mode.intentions {
+        let i = at(&rows, "  of which GET entry");
+        rows.insert(
+            i,
+            (
+                "  of which GET intentions",
+                per_change_of("GET intentions"),
+                "",
+            ),
+        );
+    }
+    if mode.api {
+        let i = at(&rows, "  of which GET entry");
+        rows.insert(
+            i,
+            ("  of which GET routes", per_change_of("GET routes"), ""),
+        );
+    }
+    if mode.passes {
+        let i = at(&rows, "idle: open connections (min-max)");
+        let mut passes: Vec<(&str, Cell, &str)> = vec![
+            (
+                "reconcile passes: converge / idle",
+                Box::new(|r: &RunResult| format!("{}/{}", r.passes_converge, r.passes_idle)),
+                "",
+            ),
+            (
+                "reconcile passes per change",
+                Box::new(|r: &RunResult| format!("{:.2}", r.per_change(r.passes_changes as usize))),
+                "",
+            ),
+            (
+                "reconcile passes in the burst",
+                Box::new(|r: &RunResult| format!("{}", r.passes_burst)),
+                "",
+            ),
+            (
+                "VmHWM after converge/idle/edits (MiB)",
+                Box::new(|r: &RunResult| {
+                    let [a, b, c] = r.hwm_phases_kib.map(|k| k as f64 / 1024.0);
+                    format!("{a:.1}/{b:.1}/{c:.1}")
+                }),
+                "",
+            ),
+        ];
+        if mode.api {
+            passes.push((
+                "sim Status writes: converge/edit/burst",
+                Box::new(|r: &RunResult| {
+                    format!(
+                        "{}/{:.1}/{}",
+                        r.status_writes[0],
+                        r.per_change(r.status_writes[1] as usize),
+                        r.status_writes[2]
+                    )
+                }),
+                "",
+            ));
+        }
+        for (k, row) in passes.into_iter().enumerate() {
+            rows.insert(i + k, row);
+        }
+    }
     for (label, cell, target) in rows {
         let mut line = format!("{label:<46}");
         for result in results {
