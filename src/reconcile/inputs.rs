@@ -95,16 +95,7 @@ impl Inputs {
                     changed.clone(),
                 ),
             ),
-            gateway: keep(
-                tasks,
-                spawn(
-                    client,
-                    "watch ingress-gateway entry",
-                    api::entry_path(&gateway_key),
-                    api::decode_entry,
-                    changed.clone(),
-                ),
-            ),
+            gateway: keep(tasks, spawn_gateway(client, &gateway_key, changed.clone())),
             gateway_key,
             routes,
             intentions,
@@ -306,6 +297,20 @@ fn spawn_catalog(
         }
     });
     (rx, task)
+}
+
+/// The watch of the gateway's own entry (an api-gateway entry kept compact).
+fn spawn_gateway(
+    client: &Client,
+    key: &EntryKey,
+    changed: Arc<Notify>,
+) -> (watch::Receiver<Observed<Option<Body>>>, JoinHandle<()>) {
+    type Decode = fn(&Response) -> Result<Option<Body>, String>;
+    let (activity, decode): (&'static str, Decode) = match key.kind {
+        Kind::ApiGateway => ("watch api-gateway entry", api::decode_compact_entry),
+        _ => ("watch ingress-gateway entry", api::decode_entry),
+    };
+    spawn(client, activity, api::entry_path(key), decode, changed)
 }
 
 fn keep<T>(tasks: &mut Vec<JoinHandle<()>>, (rx, task): (T, JoinHandle<()>)) -> T {
