@@ -170,21 +170,17 @@ pub fn list_path(kind: Kind) -> ApiPath {
 /// foreign route under such a name is seen and left alone. Others are dropped while
 /// decoding.
 pub fn decode_routes(response: &Response, gateway: &str) -> Result<BTreeMap<String, Body>, String> {
-    let entries: Vec<Body> =
-        serde_json::from_slice(expect_200(response)?).map_err(|e| e.to_string())?;
     let prefix = format!("{gateway}-");
-    Ok(entries
-        .into_iter()
-        .filter_map(|entry| {
-            let name = entry.get("Name")?.as_str()?.to_owned();
-            let ours = entry
-                .get("Meta")
-                .and_then(|meta| meta.get(GATEWAY_META))
-                .and_then(Value::as_str)
-                == Some(gateway);
-            (ours || name.starts_with(&prefix)).then_some((name, compact(entry)))
-        })
-        .collect())
+    wire::decode_entry_list(expect_200(response)?, &mut |entry| {
+        let name = entry.get("Name")?.as_str()?.to_owned();
+        let ours = entry
+            .get("Meta")
+            .and_then(|meta| meta.get(GATEWAY_META))
+            .and_then(Value::as_str)
+            == Some(gateway);
+        (ours || name.starts_with(&prefix)).then(|| (name, compact(entry)))
+    })
+    .map_err(|e| e.to_string())
 }
 
 /// An entry of the API-gateway kinds or intentions as the daemon keeps it: Consul renders
@@ -243,12 +239,10 @@ fn prune_zeros(value: &mut Value) {
 
 /// `GET /v1/config/service-intentions` -> every entry, by destination name.
 pub fn decode_intentions(response: &Response) -> Result<BTreeMap<String, Body>, String> {
-    let entries: Vec<Body> =
-        serde_json::from_slice(expect_200(response)?).map_err(|e| e.to_string())?;
-    Ok(entries
-        .into_iter()
-        .filter_map(|entry| Some((entry.get("Name")?.as_str()?.to_owned(), compact(entry))))
-        .collect())
+    wire::decode_entry_list(expect_200(response)?, &mut |entry| {
+        Some((entry.get("Name")?.as_str()?.to_owned(), compact(entry)))
+    })
+    .map_err(|e| e.to_string())
 }
 
 /// One entry of the API-gateway kinds, kept as [`compact`] makes it (404: absent).

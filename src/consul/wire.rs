@@ -66,6 +66,51 @@ pub fn decode_entry(body: &[u8]) -> Result<Map<String, Value>, serde_json::Error
     serde_json::from_slice(body)
 }
 
+/// What [`decode_entry_list`] makes of one entry: its name and what is kept, or nothing.
+pub type KeepEntry<'k> = dyn FnMut(Map<String, Value>) -> Option<(String, Map<String, Value>)> + 'k;
+
+/// A list of config entries (`GET /v1/config/<kind>`) -> what `keep` makes of each, by
+/// name. Each entry is handed to `keep` as soon as it is parsed, so at most one entry is
+/// held in full at a time: the list is never decoded whole before being cut down.
+pub fn decode_entry_list(
+    body: &[u8],
+    keep: &mut KeepEntry<'_>,
+) -> Result<BTreeMap<String, Map<String, Value>>, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let entries = EntryListSeed { keep }.deserialize(&mut de)?;
+    de.end()?;
+    Ok(entries)
+}
+
+struct EntryListSeed<'k> {
+    keep: &'k mut KeepEntry<'k>,
+}
+
+impl<'de> DeserializeSeed<'de> for EntryListSeed<'_> {
+    type Value = BTreeMap<String, Map<String, Value>>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EntryListSeed<'_> {
+    type Value = BTreeMap<String, Map<String, Value>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a list of config entries")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut kept = BTreeMap::new();
+        while let Some(entry) = seq.next_element::<Map<String, Value>>()? {
+            if let Some((name, entry)) = (self.keep)(entry) {
+                kept.insert(name, entry);
+            }
+        }
+        Ok(kept)
+    }
+}
+
 /// A JSON string borrowed from the input when it has no escapes, owned otherwise, so
 /// the thousands of tags we drop are never copied.
 struct Text<'de>(Cow<'de, str>);
