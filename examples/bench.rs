@@ -48,10 +48,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use consul_sim::{RequestRecord, ServiceSpec, Sim, SimOptions};
+use consul_sim::{RequestRecord, Sim, SimOptions};
 use serde_json::{json, Value};
 
-const PREFIX: &str = "gw-us-east";
 const GATEWAY: &str = "edge";
 const INGRESS_ID: &str = "edge-ingress";
 const HTTP_PORT: u64 = 9997;
@@ -407,38 +406,11 @@ fn git_commit() -> String {
 
 // ------------------------------------------------------------------ the workload
 
-/// One tagged service: its instance and the host its rule currently names.
-struct Tagged {
-    name: String,
-    node: String,
-    index: usize,
-    host: String,
-    /// How many extra (non-rule) tags it carries, to vary the count between 6 and 10.
-    variant: usize,
-}
+#[path = "common/workload.rs"]
+mod workload;
+use workload::{Tagged, Workload, PREFIX};
 
 impl Tagged {
-    fn tags(&self) -> Vec<String> {
-        let (i, p) = (self.index, PREFIX);
-        let r = &self.name;
-        let mut tags = vec![
-            format!("{p}-traefik.http.routers.{r}.rule=Host(`{}`)", self.host),
-            format!("{p}-traefik.http.routers.{r}.tls=true"),
-            format!("{p}-traefik.http.routers.{r}.entrypoints=websecure"),
-            format!("{p}-traefik.http.routers.{r}.middlewares={r}-headers@consulcatalog"),
-            "version=v1.4.2".to_string(),
-            format!("team=team-{}", i % 17),
-        ];
-        let extra = [
-            format!("{p}-traefik.http.middlewares.{r}-headers.headers.customrequestheaders.X-Service={r}"),
-            format!("{p}-traefik.http.routers.{r}.tls.certresolver=letsencrypt"),
-            format!("{p}-traefik.http.services.{r}.loadbalancer.passhostheader=true"),
-            format!("{p}-traefik.enable=true"),
-        ];
-        tags.extend(extra.into_iter().take(self.variant));
-        tags
-    }
-
     /// The tags as the ingress service carries them (prefix and its `-` stripped).
     fn stripped(&self) -> Vec<String> {
         let prefix = format!("{PREFIX}-");
@@ -449,70 +421,7 @@ impl Tagged {
     }
 }
 
-struct Workload {
-    tagged: Vec<Tagged>,
-    specs: Vec<ServiceSpec>,
-    /// service-defaults to create: (name, protocol).
-    defaults: Vec<(String, &'static str)>,
-}
-
 impl Workload {
-    fn new(n: usize) -> Workload {
-        let mut tagged = Vec::new();
-        let mut specs = Vec::new();
-        let mut defaults = Vec::new();
-        for i in 0..n {
-            let name = format!("s{i}");
-            let node = format!("node-{}", i % 50);
-            let tags: Vec<String> = match i % 10 {
-                // 20%: exposed through this gateway.
-                0 | 5 => {
-                    let t = Tagged {
-                        name: name.clone(),
-                        node: node.clone(),
-                        index: i,
-                        host: format!("{name}.example.com"),
-                        variant: i % 5,
-                    };
-                    let tags = t.tags();
-                    tagged.push(t);
-                    defaults.push((name.clone(), "http"));
-                    tags
-                }
-                // 40% untagged.
-                1 | 2 | 3 | 6 => Vec::new(),
-                // 20% with ordinary tags.
-                4 | 7 => vec![
-                    "v2".to_string(),
-                    "primary".to_string(),
-                    format!("team=team-{}", i % 17),
-                ],
-                // 20% exposed through another gateway (a prefix that must not match).
-                _ => {
-                    if i % 20 == 8 {
-                        defaults.push((name.clone(), if i % 40 == 8 { "grpc" } else { "tcp" }));
-                    }
-                    vec![
-                        format!("gw-eu-west-traefik.http.routers.{name}.rule=Host(`{name}.eu.example.com`)"),
-                        "gw-eu-west-traefik.enable=true".to_string(),
-                        format!("{PREFIX}2-traefik.http.routers.{name}.rule=Host(`{name}.other.example.com`)"),
-                        "metrics".to_string(),
-                    ]
-                }
-            };
-            let tag_refs: Vec<&str> = tags.iter().map(String::as_str).collect();
-            let mut spec = ServiceSpec::new(&name, &tag_refs);
-            spec.node = node;
-            spec.port = 20_000 + (i % 10_000) as u16;
-            specs.push(spec);
-        }
-        Workload {
-            tagged,
-            specs,
-            defaults,
-        }
-    }
-
     fn tag_count(&self) -> usize {
         self.specs.iter().map(|s| s.tags.len()).sum()
     }
