@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Map, Value};
 
-use super::{carry_over, mark_managed, DesiredEntry, PlanSettings, Warnings};
+use super::{carry_over, mark_managed, DefaultsFix, DesiredEntry, PlanSettings, Warnings};
 use crate::model::{Body, EntryKey, Kind, Protocols, GATEWAY_META, MANAGED_BY};
 use crate::routes::{self, Match, RouteGroup, ANY_HOST};
 
@@ -164,20 +164,13 @@ fn candidates<'s>(
             continue;
         }
         let protocol = protocols.effective(service);
+        let fix = DefaultsFix::of(settings, protocols, service, &protocol);
         if protocol == "http" {
             candidates.push((service, found.groups));
-        } else if settings.set_service_defaults
-            && protocol == "tcp"
-            && !protocols.service_defaults.contains_key(service)
-        {
+        } else if fix == DefaultsFix::Create {
             create_service_defaults.push(service.to_owned());
         } else {
-            let hint = match protocols.service_defaults.contains_key(service) {
-                false if protocol == "tcp" && !settings.set_service_defaults => {
-                    " (or set SETSERVICEDEFAULTS=true)"
-                }
-                _ => "",
-            };
+            let hint = fix.hint();
             warnings.add(
                 service,
                 None,

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{Map, Value};
 
 use super::registration::{service_hosts, Hosts};
-use super::{carry_over, mark_managed, PlanSettings, Warnings};
+use super::{carry_over, mark_managed, DefaultsFix, PlanSettings, Warnings};
 use crate::model::{Body, Protocols};
 
 /// Our listeners' services: port -> (service, its hosts), services sorted by name.
@@ -70,9 +70,8 @@ fn candidates<'s>(
         let protocol = protocols.effective(service);
         match listener_port(settings, &protocol) {
             Some(port) => candidates.entry(port).or_default().push((service, hosts)),
-            None if settings.set_service_defaults
-                && protocol == "tcp"
-                && !protocols.service_defaults.contains_key(service) =>
+            None if DefaultsFix::of(settings, protocols, service, &protocol)
+                == DefaultsFix::Create =>
             {
                 create_service_defaults.push(service.to_string());
             }
@@ -158,7 +157,6 @@ fn protocol_fix(
     protocols: &Protocols,
     settings: &PlanSettings,
 ) -> String {
-    let has_defaults = protocols.service_defaults.contains_key(service);
     match protocol {
         "http2" | "grpc" => {
             let variable = if protocol == "http2" {
@@ -173,11 +171,7 @@ fn protocol_fix(
             )
         }
         _ => {
-            let hint = if !has_defaults && protocol == "tcp" && !settings.set_service_defaults {
-                " (or set SETSERVICEDEFAULTS=true)"
-            } else {
-                ""
-            };
+            let hint = DefaultsFix::of(settings, protocols, service, protocol).hint();
             format!(
                 "protocol is {protocol:?}; the http listener needs service-defaults Protocol = \
                  \"http\" for {service:?}{hint}"

@@ -254,6 +254,36 @@ fn mark_managed(entry: &mut Body) {
     }
 }
 
+/// What SETSERVICEDEFAULTS does for a service that is not http: `Create` its
+/// service-defaults when nothing decides its protocol (no service-defaults entry, tcp by
+/// default or by proxy-defaults) and the setting is on; when it is off, the warning gains
+/// [`DefaultsFix::Hint`] for such a service; otherwise nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DefaultsFix {
+    Create,
+    Hint,
+    None,
+}
+
+impl DefaultsFix {
+    fn of(settings: &PlanSettings, protocols: &Protocols, service: &str, protocol: &str) -> Self {
+        let undecided = protocol == "tcp" && !protocols.service_defaults.contains_key(service);
+        match (undecided, settings.set_service_defaults) {
+            (true, true) => DefaultsFix::Create,
+            (true, false) => DefaultsFix::Hint,
+            (false, _) => DefaultsFix::None,
+        }
+    }
+
+    /// The end of the protocol warning.
+    fn hint(self) -> &'static str {
+        match self {
+            DefaultsFix::Hint => " (or set SETSERVICEDEFAULTS=true)",
+            DefaultsFix::Create | DefaultsFix::None => "",
+        }
+    }
+}
+
 /// Collects warnings, naming tags as the operator wrote them (prefix included).
 pub struct Warnings<'a> {
     prefix: &'a str,
