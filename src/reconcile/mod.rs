@@ -479,14 +479,9 @@ impl Reconciler {
         })
     }
 
-    /// The watch's `ModifyIndex` of `key` now.
-    fn watched_index(&self, key: &EntryKey) -> Option<u64> {
-        self.inputs.watched_index(key)
-    }
-
     /// `PUT` with CAS: Ok(false) on a CAS miss.
     async fn put(&mut self, key: &EntryKey, body: Body, cas: u64) -> Result<bool, ReconcileError> {
-        let watched = self.watched_index(key);
+        let watched = self.inputs.watched_index(key);
         let answer = api::put_entry(&mut self.connection, key, &body, cas).await;
         let kind = WriteKind::of_entry(key.kind);
         self.metrics.write(kind, WriteResult::of_cas(&answer));
@@ -511,7 +506,7 @@ impl Reconciler {
 
     /// `DELETE` with CAS: Ok(false) on a CAS miss.
     async fn delete(&mut self, key: &EntryKey, cas: u64) -> Result<bool, ReconcileError> {
-        let watched = self.watched_index(key);
+        let watched = self.inputs.watched_index(key);
         let answer = api::delete_entry(&mut self.connection, key, cas).await;
         let kind = WriteKind::of_entry(key.kind);
         self.metrics.write(kind, WriteResult::of_cas(&answer));
@@ -533,7 +528,7 @@ impl Reconciler {
 
     /// Reads `key` again into the overlay (after a CAS miss, or to learn its index).
     async fn refresh(&mut self, key: EntryKey) -> Result<Applied, ReconcileError> {
-        let watched = self.watched_index(&key);
+        let watched = self.inputs.watched_index(&key);
         let fresh = api::read_entry(&mut self.connection, &key)
             .await
             .inspect_err(|err| self.logs.write(key.kind).failed(err))?;
