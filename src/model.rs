@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
@@ -182,6 +183,11 @@ pub enum Ownership {
 pub type Entries<'a> = BTreeMap<EntryKey, &'a Body>;
 
 /// `ModifyIndex` of an entry as Consul returned it.
+/// A list of config entries by name, as a list watch publishes it. Each entry is shared:
+/// the next answer of the watch reuses every entry whose indexes did not move, so a
+/// change to one route costs one route, not a second copy of the list.
+pub type EntryList = BTreeMap<String, Arc<Body>>;
+
 pub fn modify_index(body: &Body) -> Option<u64> {
     body.get("ModifyIndex").and_then(Value::as_u64)
 }
@@ -198,6 +204,15 @@ pub fn managed_by_us(body: &Body) -> bool {
         .and_then(|meta| meta.get("managed-by"))
         .and_then(Value::as_str)
         == Some(MANAGED_BY)
+}
+
+/// An object with room for exactly `pairs`. A JSON object does not say its size up
+/// front, so a map filled while parsing (or by `json!`) keeps the slack of its last
+/// growth; the entries Consul sends are thousands of two- and three-key objects.
+pub fn exact_map(pairs: Vec<(String, Value)>) -> Body {
+    let mut map = Body::with_capacity(pairs.len());
+    map.extend(pairs);
+    map
 }
 
 #[cfg(test)]

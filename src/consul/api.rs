@@ -3,6 +3,7 @@
 //! ([`EntryKey`], [`Body`], [`Registration`]); only this module knows URLs.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,7 +14,9 @@ use crate::consul::client::{
     percent_encode, ApiPath, Connection, ConsulError, ErrorKind, Response, REQUEST_TIMEOUT,
 };
 use crate::consul::wire;
-use crate::model::{Body, Catalog, EntryKey, Kind, Registration, GATEWAY_META};
+use crate::model::{
+    modify_index, Body, Catalog, EntryKey, EntryList, Kind, Registration, GATEWAY_META,
+};
 
 // Each path names the template it is counted under in `ism_consul_requests_total`.
 const ENTRY: &str = "/v1/config/{kind}/{name}";
@@ -168,17 +171,57 @@ pub fn list_path(kind: Kind) -> ApiPath {
 /// `GET /v1/config/http-route` -> the routes that concern `gateway`: those whose Meta
 /// says we wrote them for it, and any whose name we would use (`<gateway>-...`), so a
 /// foreign route under such a name is seen and left alone. Others are dropped while
-/// decoding.
-pub fn decode_routes(response: &Response, gateway: &str) -> Result<BTreeMap<String, Body>, String> {
+/// decoding. Routes unchanged since `previous` are shared with it (see [`decode_list`]).
+pub fn decode_routes(
+    response: &Response,
+    gateway: &str,
+    previous: Option<&EntryList>,
+) -> Result<EntryList, String> {
     let prefix = format!("{gateway}-");
-    wire::decode_entry_list(expect_200(response)?, &mut |entry| {
-        let name = entry.get("Name")?.as_str()?.to_owned();
+    decode_list(response, previous, &mut |entry| {
         let ours = entry
             .get("Meta")
             .and_then(|meta| meta.get(GATEWAY_META))
             .and_then(Value::as_str)
             == Some(gateway);
-        (ours || name.starts_with(&prefix)).then(|| (name, compact(entry)))
+        let name = entry.get("Name")?.as_str()?;
+        (ours || name.starts_with(&prefix)).then_some(())
+    })
+}
+
+/// `GET /v1/config/service-intentions` -> every entry, by destination name.
+pub fn decode_intentions(
+    response: &Response,
+    previous: Option<&EntryList>,
+) -> Result<EntryList, String> {
+    decode_list(response, previous, &mut |_| Some(()))
+}
+
+/// A list of config entries -> those `wanted` keeps, by name, each [`compact`]ed. An
+/// entry whose `CreateIndex` and `ModifyIndex` are those of the entry of that name in
+/// `previous` is that entry again (Consul bumps `ModifyIndex` on every write, its
+/// controller's Status included): it is shared, not kept a second time.
+fn decode_list(
+    response: &Response,
+    previous: Option<&EntryList>,
+    wanted: &mut dyn FnMut(&Body) -> Option<()>,
+) -> Result<EntryList, String> {
+    let indexes = |entry: &Body| {
+        let create = entry.get("CreateIndex").and_then(Value::as_u64);
+        modify_index(entry).zip(create)
+    };
+    wire::decode_entry_list(expect_200(response)?, &mut |entry| {
+        wanted(&entry)?;
+        let name = entry.get("Name")?.as_str()?.to_owned();
+        let same = previous.and_then(|list| list.get(&name)).filter(|kept| {
+            let kept_indexes = indexes(kept);
+            kept_indexes.is_some() && kept_indexes == indexes(&entry)
+        });
+        let entry = match same {
+            Some(kept) => Arc::clone(kept),
+            None => Arc::new(compact(entry)),
+        };
+        Some((name, entry))
     })
     .map_err(|e| e.to_string())
 }
@@ -199,19 +242,21 @@ pub fn compact(mut entry: Body) -> Body {
             .filter(|c| c.get("Status").and_then(Value::as_str) == Some("False"))
             .map(|c| {
                 let field = |k: &str| c.get(k).cloned().unwrap_or(Value::Null);
-                json!({"Type": field("Type"), "Status": "False",
-                       "Reason": field("Reason"), "Message": field("Message")})
+                Value::Object(crate::model::exact_map(vec![
+                    ("Type".into(), field("Type")),
+                    ("Status".into(), "False".into()),
+                    ("Reason".into(), field("Reason")),
+                    ("Message".into(), field("Message")),
+                ]))
             })
             .collect();
         if !problems.is_empty() {
-            entry.insert("Status".into(), json!({ "Conditions": problems }));
+            let conditions =
+                crate::model::exact_map(vec![("Conditions".into(), Value::Array(problems))]);
+            entry.insert("Status".into(), Value::Object(conditions));
         }
     }
-    entry.retain(|_, value| {
-        prune_zeros(value);
-        !is_zero(value)
-    });
-    entry
+    without_zeros(entry)
 }
 
 fn is_zero(value: &Value) -> bool {
@@ -225,24 +270,23 @@ fn is_zero(value: &Value) -> bool {
     }
 }
 
-/// Removes zero-valued keys from objects, depth first (list elements keep their place).
-fn prune_zeros(value: &mut Value) {
-    match value {
-        Value::Object(map) => map.retain(|_, v| {
-            prune_zeros(v);
-            !is_zero(v)
-        }),
-        Value::Array(items) => items.iter_mut().for_each(prune_zeros),
-        _ => {}
-    }
+/// `map` without its zero-valued keys, depth first (list elements keep their place),
+/// rebuilt at its new size rather than shrunk in place.
+fn without_zeros(map: Body) -> Body {
+    let kept: Vec<(String, Value)> = map
+        .into_iter()
+        .map(|(key, value)| (key, pruned(value)))
+        .filter(|(_, value)| !is_zero(value))
+        .collect();
+    crate::model::exact_map(kept)
 }
 
-/// `GET /v1/config/service-intentions` -> every entry, by destination name.
-pub fn decode_intentions(response: &Response) -> Result<BTreeMap<String, Body>, String> {
-    wire::decode_entry_list(expect_200(response)?, &mut |entry| {
-        Some((entry.get("Name")?.as_str()?.to_owned(), compact(entry)))
-    })
-    .map_err(|e| e.to_string())
+fn pruned(value: Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(without_zeros(map)),
+        Value::Array(items) => Value::Array(items.into_iter().map(pruned).collect()),
+        other => other,
+    }
 }
 
 /// One entry of the API-gateway kinds, kept as [`compact`] makes it (404: absent).
@@ -618,5 +662,78 @@ mod tests {
         assert!(decode_entry(&response(200, "{\"Kind\":")).is_err());
         assert_eq!(decode_entry(&response(404, "not found")), Ok(None));
         assert!(decode_entry(&response(500, "{}")).is_err());
+    }
+
+    fn answer(body: String) -> Response {
+        Response {
+            status: 200,
+            index: Some(1),
+            body: Bytes::from(body),
+        }
+    }
+
+    fn intention(name: &str, create: u64, modify: u64, source: &str) -> String {
+        format!(
+            r#"{{"Kind":"service-intentions","Name":"{name}","Sources":[{{"Name":"{source}","Action":"allow","Precedence":9}}],"CreateIndex":{create},"ModifyIndex":{modify}}}"#
+        )
+    }
+
+    #[test]
+    fn list_entries_whose_indexes_did_not_move_are_shared_with_the_previous_answer() {
+        let first = format!(
+            "[{},{},{}]",
+            intention("a", 5, 5, "edge"),
+            intention("b", 6, 6, "edge"),
+            intention("c", 7, 7, "edge")
+        );
+        let first = decode_intentions(&answer(first), None).expect("decodes");
+        // b was written (ModifyIndex moved); c was deleted and created again (same
+        // ModifyIndex as before by chance, another CreateIndex); a did not change.
+        let second = format!(
+            "[{},{},{}]",
+            intention("a", 5, 5, "edge"),
+            intention("b", 6, 9, "other"),
+            intention("c", 8, 7, "other")
+        );
+        let second = decode_intentions(&answer(second), Some(&first)).expect("decodes");
+        assert!(Arc::ptr_eq(&first["a"], &second["a"]), "unchanged: shared");
+        for name in ["b", "c"] {
+            assert!(
+                !Arc::ptr_eq(&first[name], &second[name]),
+                "{name}: decoded again"
+            );
+            assert_eq!(
+                second[name]["Sources"][0]["Name"],
+                Value::from("other"),
+                "{name}: the new content"
+            );
+        }
+        // Without a previous list, or with the entry gone from it, everything is decoded.
+        let again = decode_intentions(&answer(format!("[{}]", intention("a", 5, 5, "edge"))), None)
+            .expect("decodes");
+        assert!(!Arc::ptr_eq(&first["a"], &again["a"]));
+        assert_eq!(first["a"], again["a"]);
+    }
+
+    #[test]
+    fn list_entries_are_kept_compact() {
+        let body = r#"[{"Kind":"http-route","Name":"edge-web","Meta":{"managed-by":"ingress-service-monitor","ingress-service-monitor-gateway":"edge"},
+            "Hostnames":null,"Rules":[{"Filters":{"Headers":null,"URLRewrite":null},"Matches":[{"Path":{"Match":"prefix","Value":"/"},"Method":""}],"Services":[{"Name":"web","Weight":1,"Filters":{"Headers":null}}]}],
+            "Status":{"Conditions":[{"Type":"Accepted","Status":"True","Reason":"Accepted","Message":"ok","LastTransitionTime":"x"},
+                                    {"Type":"Bound","Status":"False","Reason":"FailedToBind","Message":"no","LastTransitionTime":"y"}]},
+            "CreateIndex":3,"ModifyIndex":4},
+            {"Kind":"http-route","Name":"other","CreateIndex":5,"ModifyIndex":5}]"#;
+        let routes = decode_routes(&answer(body.to_owned()), "edge", None).expect("decodes");
+        assert_eq!(
+            routes.keys().collect::<Vec<_>>(),
+            ["edge-web"],
+            "others dropped"
+        );
+        let want = json!({"Kind":"http-route","Name":"edge-web",
+            "Meta":{"managed-by":"ingress-service-monitor","ingress-service-monitor-gateway":"edge"},
+            "Rules":[{"Matches":[{"Path":{"Match":"prefix","Value":"/"}}],"Services":[{"Name":"web","Weight":1}]}],
+            "Status":{"Conditions":[{"Type":"Bound","Status":"False","Reason":"FailedToBind","Message":"no"}]},
+            "CreateIndex":3,"ModifyIndex":4});
+        assert_eq!(Value::Object((*routes["edge-web"]).clone()), want);
     }
 }

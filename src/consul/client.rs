@@ -48,6 +48,12 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// message, short enough that a misbehaving proxy's HTML page does not flood the log.
 const MAX_MESSAGE_CHARS: usize = 512;
 
+/// The most a connection's read buffer grows to (hyper's default is about 400 KiB, and
+/// it keeps what it grew to). Answers of megabytes are collected into one buffer of
+/// their size anyway, so a bigger read buffer only holds a second copy on each of the
+/// daemon's connections; 64 KiB still reads them in a few dozen system calls.
+const READ_BUFFER: usize = 64 * 1024;
+
 const CONSUL_INDEX: &str = "x-consul-index";
 const CONSUL_TOKEN: &str = "x-consul-token";
 
@@ -321,7 +327,9 @@ impl Client {
                 Stream::Unix(s)
             }
         };
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .max_buf_size(READ_BUFFER)
+            .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| ErrorKind::Connect(format!("{} ({where_})", error_chain(&e))))?;
         let driver = tokio::spawn(async move {
@@ -617,7 +625,9 @@ async fn read_response(
         return Err(ErrorKind::BodyTooLarge { limit: max_body });
     }
     let mut incoming = response.into_body();
-    let mut buf = BytesMut::new();
+    // Sized once from Content-Length (already checked against the limit): grown by
+    // doubling, a catalog answer of megabytes would reserve up to twice its size.
+    let mut buf = BytesMut::with_capacity(declared.map_or(0, |n| n as usize));
     while let Some(frame) = incoming.frame().await {
         let frame = frame.map_err(|e| {
             ErrorKind::Io(format!(

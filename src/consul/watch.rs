@@ -212,6 +212,22 @@ where
     T: PartialEq + Send + Sync + 'static,
     D: Fn(&Response) -> Result<T, String> + Send + Sync + 'static,
 {
+    spawn_incremental(client, activity, path, move |r, _| decode(r), changed)
+}
+
+/// [`spawn`] with a decoder that also sees the value published before (None until the
+/// first read), to share what did not change with it.
+pub fn spawn_incremental<T, D>(
+    client: &Client,
+    activity: &'static str,
+    path: ApiPath,
+    decode: D,
+    changed: Arc<Notify>,
+) -> (watch::Receiver<Observed<T>>, JoinHandle<()>)
+where
+    T: PartialEq + Send + Sync + 'static,
+    D: Fn(&Response, Option<&T>) -> Result<T, String> + Send + Sync + 'static,
+{
     let (tx, rx) = watch::channel(Observed::default());
     let connection = client.connection(activity);
     let task = tokio::spawn(run(connection, activity, path, decode, tx, changed));
@@ -229,14 +245,15 @@ pub async fn run<T, D>(
     changed: Arc<Notify>,
 ) where
     T: PartialEq,
-    D: Fn(&Response) -> Result<T, String>,
+    D: Fn(&Response, Option<&T>) -> Result<T, String>,
 {
     let (metrics, watch) = (connection.metrics().clone(), watch_name(activity));
     let mut blocking = BlockingWatch::new(connection, path);
     {
         let mut log = ProblemLog::new(activity);
         loop {
-            let modified = match blocking.next_with(&decode).await {
+            let decode = |response: &Response| decode(response, tx.borrow().value.as_ref());
+            let modified = match blocking.next_with(decode).await {
                 Ok((value, index)) => {
                     log.ok();
                     tx.send_if_modified(|observed| {

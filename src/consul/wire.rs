@@ -10,7 +10,7 @@ use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::model::Catalog;
+use crate::model::{exact_map, Catalog};
 
 /// `GET /v1/catalog/services` body -> services with at least one tag starting with
 /// `prefix`, each with those tags stripped of the prefix (order kept, duplicates removed).
@@ -61,40 +61,137 @@ pub fn decode_proxy_defaults(body: &[u8]) -> Result<Option<String>, serde_json::
         .map(str::to_string))
 }
 
-/// A config entry body -> its JSON object.
+/// A config entry body -> its JSON object, every object and list in it allocated at
+/// its exact size (see [`ExactValue`]).
 pub fn decode_entry(body: &[u8]) -> Result<Map<String, Value>, serde_json::Error> {
-    serde_json::from_slice(body)
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let entry = ExactObject.deserialize(&mut de)?;
+    de.end()?;
+    Ok(entry)
+}
+
+/// Decodes any JSON value as `serde_json::Value` does, but collects each object's
+/// members and each list's items first and allocates the map or list once at its size.
+/// The entries Consul sends are thousands of small objects (an ingress service's
+/// `{Name, Hosts}`, a route's matches, an intention's sources), held in several copies
+/// while a change is handled: the slack of grown maps was a third of the daemon's heap.
+struct ExactValue;
+
+impl<'de> DeserializeSeed<'de> for ExactValue {
+    type Value = Value;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ExactValue {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(ExactValue)? {
+            items.push(item);
+        }
+        items.shrink_to_fit();
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut pairs = Vec::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let value = map.next_value_seed(ExactValue)?;
+            pairs.push((key, value));
+        }
+        Ok(Value::Object(exact_map(pairs)))
+    }
+}
+
+/// [`ExactValue`] that must be an object (a config entry).
+struct ExactObject;
+
+impl<'de> DeserializeSeed<'de> for ExactObject {
+    type Value = Map<String, Value>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        match ExactValue.deserialize(d)? {
+            Value::Object(map) => Ok(map),
+            other => Err(serde::de::Error::invalid_type(
+                unexpected(&other),
+                &"a config entry object",
+            )),
+        }
+    }
+}
+
+fn unexpected(value: &Value) -> serde::de::Unexpected<'_> {
+    use serde::de::Unexpected;
+    match value {
+        Value::Null => Unexpected::Unit,
+        Value::Bool(b) => Unexpected::Bool(*b),
+        Value::Number(_) => Unexpected::Other("a number"),
+        Value::String(s) => Unexpected::Str(s),
+        Value::Array(_) => Unexpected::Seq,
+        Value::Object(_) => Unexpected::Map,
+    }
 }
 
 /// What [`decode_entry_list`] makes of one entry: its name and what is kept, or nothing.
-pub type KeepEntry<'k> = dyn FnMut(Map<String, Value>) -> Option<(String, Map<String, Value>)> + 'k;
+pub type KeepEntry<'k, T> = dyn FnMut(Map<String, Value>) -> Option<(String, T)> + 'k;
 
 /// A list of config entries (`GET /v1/config/<kind>`) -> what `keep` makes of each, by
 /// name. Each entry is handed to `keep` as soon as it is parsed, so at most one entry is
 /// held in full at a time: the list is never decoded whole before being cut down.
-pub fn decode_entry_list(
+pub fn decode_entry_list<T>(
     body: &[u8],
-    keep: &mut KeepEntry<'_>,
-) -> Result<BTreeMap<String, Map<String, Value>>, serde_json::Error> {
+    keep: &mut KeepEntry<'_, T>,
+) -> Result<BTreeMap<String, T>, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let entries = EntryListSeed { keep }.deserialize(&mut de)?;
     de.end()?;
     Ok(entries)
 }
 
-struct EntryListSeed<'k> {
-    keep: &'k mut KeepEntry<'k>,
+struct EntryListSeed<'k, 'f, T> {
+    keep: &'k mut KeepEntry<'f, T>,
 }
 
-impl<'de> DeserializeSeed<'de> for EntryListSeed<'_> {
-    type Value = BTreeMap<String, Map<String, Value>>;
+impl<'de, T> DeserializeSeed<'de> for EntryListSeed<'_, '_, T> {
+    type Value = BTreeMap<String, T>;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_seq(self)
     }
 }
 
-impl<'de> Visitor<'de> for EntryListSeed<'_> {
-    type Value = BTreeMap<String, Map<String, Value>>;
+impl<'de, T> Visitor<'de> for EntryListSeed<'_, '_, T> {
+    type Value = BTreeMap<String, T>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a list of config entries")
@@ -102,7 +199,7 @@ impl<'de> Visitor<'de> for EntryListSeed<'_> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut kept = BTreeMap::new();
-        while let Some(entry) = seq.next_element::<Map<String, Value>>()? {
+        while let Some(entry) = seq.next_element_seed(ExactObject)? {
             if let Some((name, entry)) = (self.keep)(entry) {
                 kept.insert(name, entry);
             }

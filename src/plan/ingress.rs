@@ -264,16 +264,20 @@ fn our_listener(
     let services: Vec<Value> = services
         .iter()
         .map(|(name, hosts)| {
-            let mut service: Map<String, Value> = existing_services
-                .get(name.as_str())
-                .into_iter()
-                .flat_map(|existing| existing.iter())
-                .filter(|(key, _)| *key != "Name" && *key != "Hosts")
-                .map(|(key, value)| (key.clone(), value.clone()))
-                .collect();
-            service.insert("Name".into(), Value::from(name.as_str()));
-            service.insert("Hosts".into(), Value::from(hosts.clone()));
-            Value::Object(service)
+            // Sized up front: thousands of these are held while a change is written.
+            let mut service = vec![
+                ("Name".to_owned(), Value::from(name.as_str())),
+                ("Hosts".to_owned(), Value::from(hosts.clone())),
+            ];
+            service.extend(
+                existing_services
+                    .get(name.as_str())
+                    .into_iter()
+                    .flat_map(|existing| existing.iter())
+                    .filter(|(key, _)| *key != "Name" && *key != "Hosts")
+                    .map(|(key, value)| (key.clone(), value.clone())),
+            );
+            Value::Object(crate::model::exact_map(service))
         })
         .collect();
     listener.insert("Port".into(), Value::from(port));

@@ -12,10 +12,10 @@ use tokio::task::JoinHandle;
 use crate::consul::api;
 use crate::consul::client::ApiPath;
 use crate::consul::retry::{Backoff, ProblemLog};
-use crate::consul::watch::{run as watch_loop, spawn, Observed};
+use crate::consul::watch::{run as watch_loop, spawn, spawn_incremental, Observed};
 use crate::consul::Client;
 use crate::consul::Response;
-use crate::model::{modify_index, Body, Catalog, Entries, EntryKey, Kind, Protocols};
+use crate::model::{modify_index, Body, Catalog, Entries, EntryKey, EntryList, Kind, Protocols};
 use crate::plan::compare;
 use crate::plan::PlanSettings;
 
@@ -30,9 +30,9 @@ pub struct Inputs {
     pub gateway: watch::Receiver<Observed<Option<Body>>>,
     pub gateway_key: EntryKey,
     /// API gateway only: the http-routes that concern our gateway, by name.
-    pub routes: Option<watch::Receiver<Observed<BTreeMap<String, Body>>>>,
+    pub routes: Option<watch::Receiver<Observed<EntryList>>>,
     /// SETINTENTIONS only: every service-intentions entry, by destination.
-    pub intentions: Option<watch::Receiver<Observed<BTreeMap<String, Body>>>>,
+    pub intentions: Option<watch::Receiver<Observed<EntryList>>>,
 }
 
 impl Inputs {
@@ -48,7 +48,7 @@ impl Inputs {
         let intentions = settings.set_intentions.then(|| {
             keep(
                 tasks,
-                spawn(
+                spawn_incremental(
                     client,
                     "watch service-intentions",
                     api::list_path(Kind::ServiceIntentions),
@@ -61,11 +61,11 @@ impl Inputs {
             let gateway = settings.gateway_name.clone();
             keep(
                 tasks,
-                spawn(
+                spawn_incremental(
                     client,
                     "watch http-route entries",
                     api::list_path(Kind::HttpRoute),
-                    move |r| api::decode_routes(r, &gateway),
+                    move |r, previous| api::decode_routes(r, &gateway, previous),
                     changed.clone(),
                 ),
             )
@@ -154,7 +154,10 @@ impl Inputs {
             _ => return None,
         };
         let list = list.borrow();
-        list.value.as_ref()?.get(&key.name).and_then(modify_index)
+        list.value
+            .as_ref()?
+            .get(&key.name)
+            .and_then(|body| modify_index(body))
     }
 
     pub fn catalog_failing(&self) -> bool {
@@ -285,7 +288,15 @@ fn spawn_catalog(
         if honoured {
             let path = api::catalog_path(&own);
             let decode = memoized(move |r: &Response| api::decode_catalog(r, &prefix));
-            watch_loop(connection, ACTIVITY, path, decode, tx, changed).await;
+            watch_loop(
+                connection,
+                ACTIVITY,
+                path,
+                move |r, _| decode(r),
+                tx,
+                changed,
+            )
+            .await;
         } else {
             tracing::info!(
                 path = api::UI_SERVICES_PATH,
@@ -293,7 +304,15 @@ fn spawn_catalog(
             );
             let path = ApiPath::fixed(api::UI_SERVICES_PATH, api::UI_SERVICES_PATH);
             let decode = memoized(move |r: &Response| api::decode_ui_services(r, &prefix, &own));
-            watch_loop(connection, ACTIVITY, path, decode, tx, changed).await;
+            watch_loop(
+                connection,
+                ACTIVITY,
+                path,
+                move |r, _| decode(r),
+                tx,
+                changed,
+            )
+            .await;
         }
     });
     (rx, task)

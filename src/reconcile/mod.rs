@@ -389,7 +389,7 @@ impl Reconciler {
             if let Some(Some(list)) = list.as_ref().map(|l| l.value.as_ref()) {
                 watched.extend(
                     list.iter()
-                        .map(|(name, body)| (EntryKey::new(kind, name.as_str()), Some(body))),
+                        .map(|(name, body)| (EntryKey::new(kind, name.as_str()), Some(&**body))),
                 );
             }
         }
