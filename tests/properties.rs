@@ -921,3 +921,58 @@ proptest! {
         prop_assert!(writes.is_empty(), "would write again: {:?}", writes);
     }
 }
+
+/// One step of a catalog's history: some services' tags replaced (by index, modulo the
+/// number of services), or a new catalog altogether.
+#[derive(Debug, Clone)]
+enum Step {
+    Edit(Vec<(usize, Vec<String>)>),
+    Fresh(Services),
+}
+
+fn history() -> impl Strategy<Value = (Services, Vec<Step>)> {
+    let step = prop_oneof![
+        3 => prop::collection::vec((0usize..8, prop::collection::vec(tag(), 0..4)), 1..3)
+            .prop_map(Step::Edit),
+        1 => services().prop_map(Step::Fresh),
+    ];
+    (services(), prop::collection::vec(step, 1..6))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// The planner's memo (what each service's tags gave in the last plan) changes no
+    /// plan: along any history of catalog edits, each plan made with the memo of the
+    /// plans before it equals the plan made from nothing, warnings included.
+    #[test]
+    fn plans_with_the_memo_of_earlier_plans_equal_plans_from_nothing(
+        (mut services, steps) in history(),
+    ) {
+        let settings = PlanSettings::from_config(&config(false));
+        let entries = Entries::new();
+        let mut memo = plan::Memo::default();
+        for step in std::iter::once(None).chain(steps.into_iter().map(Some)) {
+            match step {
+                None => {}
+                Some(Step::Fresh(fresh)) => services = fresh,
+                Some(Step::Edit(edits)) if !services.is_empty() => {
+                    let count = services.len();
+                    for (index, tags) in edits {
+                        services[index % count].1 = tags;
+                    }
+                }
+                Some(Step::Edit(_)) => {}
+            }
+            let case = build(&services, &None);
+            let snapshot = Snapshot {
+                catalog: &case.catalog,
+                protocols: &case.protocols,
+                entries: &entries,
+            };
+            let remembered = plan::plan_with(&snapshot, &settings, &mut memo);
+            let from_nothing = plan::plan(&snapshot, &settings);
+            prop_assert_eq!(remembered, from_nothing);
+        }
+    }
+}

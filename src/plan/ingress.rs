@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value};
 
-use super::registration::{service_hosts, Hosts};
+use super::memo::Memo;
+use super::registration::Hosts;
 use super::{carry_over, mark_managed, DefaultsFix, PlanSettings, Warnings};
 use crate::model::{Body, Protocols};
 
@@ -27,9 +28,11 @@ pub fn place_services(
     settings: &PlanSettings,
     protocols: &Protocols,
     selected: &BTreeMap<&str, Vec<&str>>,
+    memo: &mut Memo,
     warnings: &mut Warnings<'_>,
 ) -> Placed {
-    let (candidates, create_service_defaults) = candidates(settings, protocols, selected, warnings);
+    let (candidates, create_service_defaults) =
+        candidates(settings, protocols, selected, memo, warnings);
     Placed {
         listeners: resolve_conflicts(settings, candidates, warnings),
         create_service_defaults,
@@ -43,6 +46,7 @@ fn candidates<'s>(
     settings: &PlanSettings,
     protocols: &Protocols,
     selected: &BTreeMap<&'s str, Vec<&'s str>>,
+    memo: &mut Memo,
     warnings: &mut Warnings<'_>,
 ) -> (Candidates<'s>, Vec<String>) {
     let mut candidates: Candidates<'s> = BTreeMap::new();
@@ -58,7 +62,7 @@ fn candidates<'s>(
             );
             continue;
         }
-        let hosts = service_hosts(settings.outer, service, tags, warnings);
+        let hosts = memo.hosts(settings.outer, service, tags, warnings);
         if hosts.is_empty() {
             warnings.add(
                 service,

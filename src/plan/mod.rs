@@ -14,17 +14,22 @@
 //! - [`registration`]: the ingress service's tags (Traefik key conflicts) and each
 //!   service's hosts;
 //! - [`ingress`]: the `ingress-gateway` entry;
-//! - [`compare`]: order-insensitive equality of entries, as Consul normalises them.
+//! - [`compare`]: order-insensitive equality of entries, as Consul normalises them;
+//! - [`memo`]: what each service's tags gave in the last plan, so a change re-parses
+//!   only the services it touched.
 
 pub mod api_gateway;
 pub mod compare;
 pub mod ingress;
 pub mod intentions;
+pub mod memo;
 pub mod registration;
 
 use std::collections::BTreeSet;
 
 use serde_json::{json, Value};
+
+pub use memo::Memo;
 
 use crate::config::{host_for_url, Config, GatewayKind, GatewayType};
 use crate::model::{
@@ -146,7 +151,21 @@ impl Desired {
     }
 }
 
+/// The plan, from nothing but its inputs.
 pub fn plan(snapshot: &Snapshot<'_>, settings: &PlanSettings) -> Desired {
+    plan_with(snapshot, settings, &mut Memo::default())
+}
+
+/// [`plan`], reusing what `memo` kept of earlier plans (the same result, for less work;
+/// see [`memo`]). The memo must only ever see plans made with these `settings`.
+pub fn plan_with(snapshot: &Snapshot<'_>, settings: &PlanSettings, memo: &mut Memo) -> Desired {
+    memo.start();
+    let desired = plan_inner(snapshot, settings, memo);
+    memo.finish();
+    desired
+}
+
+fn plan_inner(snapshot: &Snapshot<'_>, settings: &PlanSettings, memo: &mut Memo) -> Desired {
     let mut warnings = Warnings::new(&settings.prefix);
     let (registration, selected) =
         registration::registration(settings, snapshot.catalog, &mut warnings);
@@ -155,7 +174,13 @@ pub fn plan(snapshot: &Snapshot<'_>, settings: &PlanSettings) -> Desired {
     let (mut entries, exposed, create) = match settings.gateway_kind {
         GatewayKind::Ingress => {
             let placed =
-                ingress::place_services(settings, snapshot.protocols, &selected, &mut warnings);
+                ingress::place_services(
+                    settings,
+                    snapshot.protocols,
+                    &selected,
+                    memo,
+                    &mut warnings,
+                );
             let gateway = ingress::desired_entry(settings, current, &placed.listeners)
                 .map(|body| DesiredEntry::new(gateway_key, body));
             let exposed: BTreeSet<String> = placed

@@ -104,16 +104,16 @@ pub fn registration<'c>(
 /// Valid hosts of one service (lower-cased), each with the first tag that named it.
 pub type Hosts<'t> = BTreeMap<String, &'t str>;
 
-pub fn service_hosts<'t>(
-    gateway: GatewayType,
-    service: &str,
-    tags: &[&'t str],
-    warnings: &mut Warnings<'_>,
-) -> Hosts<'t> {
+/// What could not be taken from a service's tags: (tag, why).
+pub type TagProblems<'t> = Vec<(&'t str, String)>;
+
+/// The hosts of one service's (kept, stripped) tags, and the tags' problems.
+pub fn service_hosts<'t>(gateway: GatewayType, tags: &[&'t str]) -> (Hosts<'t>, TagProblems<'t>) {
     let mut hosts = BTreeMap::new();
+    let mut problems = Vec::new();
     for &tag in tags {
         match tags::tag_hosts(gateway, tag) {
-            Err(err) => warnings.add(service, Some(tag), format!("{err}; no host taken from it")),
+            Err(err) => problems.push((tag, format!("{err}; no host taken from it"))),
             Ok(found) => {
                 for host in found {
                     let host = host.to_lowercase();
@@ -121,15 +121,13 @@ pub fn service_hosts<'t>(
                         Ok(()) => {
                             hosts.entry(host).or_insert(tag);
                         }
-                        Err(problem) => warnings.add(
-                            service,
-                            Some(tag),
-                            format!("host {host:?} dropped: {problem}"),
-                        ),
+                        Err(problem) => {
+                            problems.push((tag, format!("host {host:?} dropped: {problem}")))
+                        }
                     }
                 }
             }
         }
     }
-    hosts
+    (hosts, problems)
 }

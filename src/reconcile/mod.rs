@@ -183,6 +183,8 @@ pub struct Reconciler {
     last_written: BTreeMap<EntryKey, Instant>,
     /// The last pass applied its whole plan (nothing deferred, nothing failed).
     settled: bool,
+    /// What the last plan derived from each service's tags.
+    memo: plan::Memo,
     report: Report,
     logs: Logs,
     backoff: Backoff,
@@ -210,6 +212,7 @@ impl Reconciler {
             deferring_since: None,
             last_written: BTreeMap::new(),
             settled: false,
+            memo: plan::Memo::default(),
             report: Report {
                 health,
                 warnings: BTreeSet::new(),
@@ -400,7 +403,7 @@ impl Reconciler {
             protocols: &protocols,
             entries: &entries,
         };
-        let desired = plan::plan(&snapshot, &self.settings);
+        let desired = plan::plan_with(&snapshot, &self.settings, &mut self.memo);
         self.report.exposed = desired.exposed_services;
         let mut warnings = desired.warnings.clone();
         let observed = Observed {
