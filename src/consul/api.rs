@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::Method;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::consul::client::{
     percent_encode, ApiPath, Connection, ConsulError, ErrorKind, Response, REQUEST_TIMEOUT,
@@ -298,24 +298,56 @@ pub fn decode_compact_entry(response: &Response) -> Result<Option<Body>, String>
 /// ID, Name, Port, Address (when set), Tags, Meta, and a Check with CheckID
 /// `<id>:ready`, Name, HTTP, Interval "10s", Timeout "2s".
 pub fn registration_json(registration: &Registration) -> Value {
-    let mut body = json!({
-        "ID": registration.id,
-        "Name": registration.name,
-        "Port": registration.port,
-        "Tags": registration.tags,
-        "Meta": registration.meta,
-        "Check": {
-            "CheckID": format!("{}:ready", registration.id),
-            "Name": "Ingress gateway ready",
-            "HTTP": registration.check_url,
-            "Interval": "10s",
-            "Timeout": "2s",
-        },
-    });
-    if let (Some(address), Some(object)) = (&registration.address, body.as_object_mut()) {
-        object.insert("Address".into(), Value::from(address.as_str()));
+    serde_json::to_value(RegistrationBody::of(registration)).unwrap_or(Value::Null)
+}
+
+/// The registration as the agent reads it, borrowed: serialised straight from the
+/// [`Registration`], since at 10,000 services it carries thousands of tags, written on
+/// every change.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct RegistrationBody<'r> {
+    #[serde(rename = "ID")]
+    id: &'r str,
+    name: &'r str,
+    port: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    address: Option<&'r str>,
+    tags: &'r [String],
+    meta: &'r BTreeMap<String, String>,
+    check: RegistrationCheck<'r>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct RegistrationCheck<'r> {
+    #[serde(rename = "CheckID")]
+    check_id: String,
+    name: &'static str,
+    #[serde(rename = "HTTP")]
+    http: &'r str,
+    interval: &'static str,
+    timeout: &'static str,
+}
+
+impl<'r> RegistrationBody<'r> {
+    fn of(registration: &'r Registration) -> Self {
+        RegistrationBody {
+            id: &registration.id,
+            name: &registration.name,
+            port: registration.port,
+            address: registration.address.as_deref(),
+            tags: &registration.tags,
+            meta: &registration.meta,
+            check: RegistrationCheck {
+                check_id: format!("{}:ready", registration.id),
+                name: "Ingress gateway ready",
+                http: &registration.check_url,
+                interval: "10s",
+                timeout: "2s",
+            },
+        }
     }
-    body
 }
 
 /// Whether the agent's copy (`GET /v1/agent/service/<id>`) already says the same:
@@ -468,7 +500,9 @@ pub async fn register(
     connection: &mut Connection,
     registration: &Registration,
 ) -> Result<(), ConsulError> {
-    let body = Bytes::from(registration_json(registration).to_string());
+    let body = serde_json::to_vec(&RegistrationBody::of(registration))
+        .map_err(|e| decode_error("PUT /v1/agent/service/register", e.to_string()))?;
+    let body = Bytes::from(body);
     connection
         .put(
             ApiPath::fixed(
@@ -523,6 +557,7 @@ pub async fn deregister(
 mod tests {
     use super::*;
     use crate::model::Kind;
+    use serde_json::json;
 
     #[test]
     fn endpoints_never_carry_the_query() {

@@ -150,6 +150,9 @@ fn other_fields_equal(a: &Map<String, Value>, b: &Map<String, Value>, skipped: &
             .all(|(key, value)| b.get(key) == Some(value))
 }
 
+/// The longest list [`same_elements`] first compares in order.
+const SHORT: usize = 8;
+
 /// Multiset equality under `equal` (an equivalence): elements are grouped by `key`
 /// (equal elements must have equal keys), then matched within each group.
 fn same_elements<'v, K: Ord>(
@@ -161,9 +164,18 @@ fn same_elements<'v, K: Ord>(
     if a.len() != b.len() {
         return false;
     }
+    // A short list (a service's hosts) that is equal in order needs no grouping, and
+    // that is the usual case: Consul keeps the order we wrote.
+    if a.len() <= SHORT && a.iter().zip(b).all(|(x, y)| equal(x, y)) {
+        return true;
+    }
+    // Long lists (services, listeners) are usually sorted already (we write them sorted
+    // and Consul keeps the order): sorting is only paid for when they are not.
     let sorted = |items: &'v [Value]| {
         let mut keyed: Vec<(K, &'v Value)> = items.iter().map(|v| (key(v), v)).collect();
-        keyed.sort_by(|x, y| x.0.cmp(&y.0));
+        if !keyed.windows(2).all(|pair| pair[0].0 <= pair[1].0) {
+            keyed.sort_by(|x, y| x.0.cmp(&y.0));
+        }
         keyed
     };
     let (a, b) = (sorted(a), sorted(b));

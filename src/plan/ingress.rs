@@ -1,7 +1,8 @@
 //! The `ingress-gateway` backend: services placed on our listeners by protocol, host
 //! conflicts resolved, and the entry built around what others wrote into it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde_json::{Map, Value};
 
@@ -101,22 +102,28 @@ fn resolve_conflicts(
             .into_iter()
             .find(|&(p, _)| p == port)
             .map_or("http", |(_, protocol)| protocol);
-        let mut owner: BTreeMap<String, &str> = BTreeMap::new();
+        // Only looked up, never iterated: hashed, since thousands of hosts share long
+        // suffixes and a sorted map compares them byte by byte.
+        let mut owner: HashMap<String, &str> = HashMap::new();
         for (service, hosts) in services {
             let mut kept = Vec::new();
             for (host, tag) in hosts {
-                match owner.get(&host) {
-                    Some(first) => warnings.add(
-                        service,
-                        Some(tag),
-                        format!(
-                            "host {host:?} is also claimed by service {first:?} on the {protocol} \
-                             listener (port {port}), which keeps it because its name sorts first"
-                        ),
-                    ),
-                    None => {
-                        owner.insert(host.clone(), service);
-                        kept.push(host);
+                match owner.entry(host) {
+                    Entry::Occupied(first) => {
+                        let (host, first) = (first.key(), first.get());
+                        warnings.add(
+                            service,
+                            Some(tag),
+                            format!(
+                                "host {host:?} is also claimed by service {first:?} on the \
+                                 {protocol} listener (port {port}), which keeps it because its \
+                                 name sorts first"
+                            ),
+                        )
+                    }
+                    Entry::Vacant(vacant) => {
+                        kept.push(vacant.key().clone());
+                        vacant.insert(service);
                     }
                 }
             }

@@ -1,6 +1,7 @@
 //! The ingress service registration and each service's hosts: shared by every backend,
 //! since the outer proxy reads the same tags whatever the gateway.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 
 use super::{PlanSettings, Warnings};
@@ -23,12 +24,14 @@ pub fn registration<'c>(
     // Collected, then sorted once: with thousands of tags sharing long prefixes
     // (`traefik.http.routers.`), keeping a sorted set while inserting costs several
     // times the comparisons (this ran several times per change at 10,000 services).
-    let mut tags: Vec<String> = Vec::new();
+    let selected_tags: usize = catalog.values().map(Vec::len).sum();
+    let mut tags: Vec<String> = Vec::with_capacity(selected_tags + 1);
     // Traefik key (lower-cased) -> its value and who set it first (`None`: this daemon).
     // Traefik picks one value at random when several services set one key, so the
     // service whose name sorts first wins, deterministically. Only looked up, never
     // iterated: a hash map, for the same reason as above.
-    let mut keys: HashMap<String, (String, Option<KeyOwner<'_>>)> = HashMap::new();
+    let mut keys: HashMap<String, (String, Option<KeyOwner<'_>>)> =
+        HashMap::with_capacity(if traefik { selected_tags + 1 } else { 0 });
     if traefik {
         tags.push("traefik.enable=true".into());
         keys.insert("traefik.enable".into(), ("true".into(), None));
@@ -56,9 +59,9 @@ pub fn registration<'c>(
             }
             if traefik {
                 let (key, value) = ingress.split_once('=').unwrap_or((&ingress, ""));
-                let lower = key.to_ascii_lowercase();
-                match keys.get(&lower) {
-                    Some((first_value, first)) if first_value != value => {
+                match keys.entry(key.to_ascii_lowercase()) {
+                    Entry::Occupied(first) if first.get().0 != value => {
+                        let (_, first) = first.get();
                         let by = match first {
                             Some((other, other_tag)) => format!(
                                 "service {other:?} (tag {:?}), whose name sorts first",
@@ -76,9 +79,9 @@ pub fn registration<'c>(
                         );
                         continue;
                     }
-                    Some(_) => {}
-                    None => {
-                        keys.insert(lower, (value.to_owned(), Some((service.as_str(), tag))));
+                    Entry::Occupied(_) => {}
+                    Entry::Vacant(vacant) => {
+                        vacant.insert((value.to_owned(), Some((service.as_str(), tag))));
                     }
                 }
             }
