@@ -240,7 +240,11 @@ pub(crate) fn normalize(entry: &mut Entry) {
 pub(crate) fn set_hash(body: &mut Map<String, Value>) {
     body.remove("Hash");
     let status = body.remove("Status");
-    let bytes = serde_json::to_vec(&*body).unwrap_or_default();
+    // Over the keys in sorted order, as Consul hashes its structs: the same content
+    // hashes the same whatever order its objects were written in.
+    let mut canonical = Value::Object(body.clone());
+    canonical.sort_all_objects();
+    let bytes = serde_json::to_vec(&canonical).unwrap_or_default();
     if let Some(status) = status {
         body.insert("Status".into(), status);
     }

@@ -258,20 +258,33 @@ fn our_listener(
     // Borrowed, not cloned: only the keys we carry over are copied (Services, Name and
     // Hosts are replaced), so the current listener's services are not copied twice.
     let mut listener = Map::new();
-    let mut existing_services: BTreeMap<&str, &Map<String, Value>> = BTreeMap::new();
+    // The current services by name (the first of a name), in a sorted list rather than
+    // a map: Consul keeps the order we wrote, so it is nearly always sorted already.
+    let mut existing_services: Vec<(&str, &Map<String, Value>)> = Vec::new();
     for (key, value) in existing.and_then(Value::as_object).into_iter().flatten() {
         if key != "Services" {
             listener.insert(key.clone(), value.clone());
             continue;
         }
         if let Value::Array(current) = value {
-            for service in current.iter().filter_map(Value::as_object) {
-                if let Some(name) = service.get("Name").and_then(Value::as_str) {
-                    existing_services.entry(name).or_insert(service);
-                }
-            }
+            existing_services.extend(current.iter().filter_map(Value::as_object).filter_map(
+                |service| Some((service.get("Name").and_then(Value::as_str)?, service)),
+            ));
         }
     }
+    if !existing_services
+        .windows(2)
+        .all(|pair| pair[0].0 <= pair[1].0)
+    {
+        existing_services.sort_by(|a, b| a.0.cmp(b.0));
+    }
+    existing_services.dedup_by(|later, first| later.0 == first.0);
+    let existing_service = |name: &str| {
+        existing_services
+            .binary_search_by(|(other, _)| (*other).cmp(name))
+            .ok()
+            .map(|at| existing_services[at].1)
+    };
     let services: Vec<Value> = services
         .iter()
         .map(|(name, hosts)| {
@@ -281,8 +294,7 @@ fn our_listener(
                 ("Hosts".to_owned(), Value::from(hosts.clone())),
             ];
             service.extend(
-                existing_services
-                    .get(name.as_str())
+                existing_service(name)
                     .into_iter()
                     .flat_map(|existing| existing.iter())
                     .filter(|(key, _)| *key != "Name" && *key != "Hosts")

@@ -44,7 +44,8 @@ impl Memo {
     /// Forgets the services the plan since [`Memo::start`] did not ask for.
     pub fn finish(&mut self) {
         let generation = self.generation;
-        self.hosts.retain(|_, derived| derived.generation == generation);
+        self.hosts
+            .retain(|_, derived| derived.generation == generation);
     }
 
     /// [`service_hosts`] of `service`, from the memo when its tags are those of the last

@@ -173,14 +173,13 @@ fn plan_inner(snapshot: &Snapshot<'_>, settings: &PlanSettings, memo: &mut Memo)
     let current = snapshot.entries.get(&gateway_key).copied();
     let (mut entries, exposed, create) = match settings.gateway_kind {
         GatewayKind::Ingress => {
-            let placed =
-                ingress::place_services(
-                    settings,
-                    snapshot.protocols,
-                    &selected,
-                    memo,
-                    &mut warnings,
-                );
+            let placed = ingress::place_services(
+                settings,
+                snapshot.protocols,
+                &selected,
+                memo,
+                &mut warnings,
+            );
             let gateway = ingress::desired_entry(settings, current, &placed.listeners)
                 .map(|body| DesiredEntry::new(gateway_key, body));
             let exposed: BTreeSet<String> = placed
