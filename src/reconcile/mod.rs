@@ -20,7 +20,7 @@ pub mod inputs;
 pub mod schedule;
 pub mod status;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -130,7 +130,8 @@ impl Logs {
 /// What /health shows, and the warnings logged once each.
 struct Report {
     health: watch::Sender<HealthState>,
-    warnings: BTreeSet<Warning>,
+    /// Sorted, de-duplicated.
+    warnings: Vec<Warning>,
     last_sync: Option<SystemTime>,
     /// Of the last plan: services exposed, and its warnings.
     exposed: usize,
@@ -157,15 +158,22 @@ impl Report {
     }
 
     /// Logs new warnings and resolved ones, once each.
-    fn warnings(&mut self, warnings: Vec<Warning>) {
-        let current: BTreeSet<Warning> = warnings.into_iter().collect();
-        for warning in current.difference(&self.warnings) {
+    fn warnings(&mut self, mut warnings: Vec<Warning>) {
+        // Mostly sorted already (the plan's are), and mostly the same as last time:
+        // thousands of standing warnings are compared, not collected into a set again.
+        warnings.sort_unstable();
+        warnings.dedup();
+        if warnings == self.warnings {
+            return;
+        }
+        let (new, old) = (&warnings, &self.warnings);
+        for warning in new.iter().filter(|w| old.binary_search(w).is_err()) {
             tracing::warn!("{warning}");
         }
-        for gone in self.warnings.difference(&current) {
+        for gone in old.iter().filter(|w| new.binary_search(w).is_err()) {
             tracing::info!("resolved: {gone}");
         }
-        self.warnings = current;
+        self.warnings = warnings;
     }
 }
 
@@ -215,7 +223,7 @@ impl Reconciler {
             memo: plan::Memo::default(),
             report: Report {
                 health,
-                warnings: BTreeSet::new(),
+                warnings: Vec::new(),
                 last_sync: None,
                 exposed: 0,
             },
@@ -403,9 +411,9 @@ impl Reconciler {
             protocols: &protocols,
             entries: &entries,
         };
-        let desired = plan::plan_with(&snapshot, &self.settings, &mut self.memo);
+        let mut desired = plan::plan_with(&snapshot, &self.settings, &mut self.memo);
         self.report.exposed = desired.exposed_services;
-        let mut warnings = desired.warnings.clone();
+        let mut warnings = std::mem::take(&mut desired.warnings);
         let observed = Observed {
             entries: &entries,
             registered: self.registered.as_ref(),
