@@ -184,8 +184,11 @@ pub fn decode_routes(
             .and_then(|meta| meta.get(GATEWAY_META))
             .and_then(Value::as_str)
             == Some(gateway);
-        let name = entry.get("Name")?.as_str()?;
-        (ours || name.starts_with(&prefix)).then_some(())
+        let named_like_ours = entry
+            .get("Name")
+            .and_then(Value::as_str)
+            .is_some_and(|name| name.starts_with(&prefix));
+        ours || named_like_ours
     })
 }
 
@@ -194,7 +197,7 @@ pub fn decode_intentions(
     response: &Response,
     previous: Option<&EntryList>,
 ) -> Result<EntryList, String> {
-    decode_list(response, previous, &mut |_| Some(()))
+    decode_list(response, previous, &mut |_| true)
 }
 
 /// A list of config entries -> those `wanted` keeps, by name, each [`compact`]ed. An
@@ -204,14 +207,16 @@ pub fn decode_intentions(
 fn decode_list(
     response: &Response,
     previous: Option<&EntryList>,
-    wanted: &mut dyn FnMut(&Body) -> Option<()>,
+    wanted: &mut dyn FnMut(&Body) -> bool,
 ) -> Result<EntryList, String> {
     let indexes = |entry: &Body| {
         let create = entry.get("CreateIndex").and_then(Value::as_u64);
         modify_index(entry).zip(create)
     };
     wire::decode_entry_list(expect_200(response)?, &mut |entry| {
-        wanted(&entry)?;
+        if !wanted(&entry) {
+            return None;
+        }
         let name = entry.get("Name")?.as_str()?.to_owned();
         let same = previous.and_then(|list| list.get(&name)).filter(|kept| {
             let kept_indexes = indexes(kept);

@@ -60,15 +60,19 @@ impl Memo {
         let digest = digest(gateway, tags);
         let generation = self.generation;
         if let Some(derived) = self.hosts.get_mut(service) {
-            if derived.digest == digest && tags.len() <= usize::from(u16::MAX) {
+            let tag = |index: u16| tags.get(usize::from(index)).copied();
+            // Every index names one of these tags, unless two tag lists share a digest.
+            let fits = derived.hosts.iter().all(|(_, i)| tag(*i).is_some())
+                && derived.warnings.iter().all(|(i, _)| tag(*i).is_some());
+            if derived.digest == digest && fits {
                 derived.generation = generation;
-                for (tag, message) in derived.warnings.iter() {
-                    warnings.add(service, Some(tags[usize::from(*tag)]), message.to_string());
+                for (index, message) in derived.warnings.iter() {
+                    warnings.add(service, tag(*index), message.to_string());
                 }
                 return derived
                     .hosts
                     .iter()
-                    .map(|(host, tag)| (host.to_string(), tags[usize::from(*tag)]))
+                    .filter_map(|(host, index)| Some((host.to_string(), tag(*index)?)))
                     .collect();
             }
         }

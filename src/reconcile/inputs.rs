@@ -285,35 +285,29 @@ fn spawn_catalog(
             }
         };
         log.ok();
-        if honoured {
-            let path = api::catalog_path(&own);
-            let decode = memoized(move |r: &Response| api::decode_catalog(r, &prefix));
-            watch_loop(
-                connection,
-                ACTIVITY,
-                path,
-                move |r, _| decode(r),
-                tx,
-                changed,
-            )
-            .await;
+        type Decode = Box<dyn Fn(&Response) -> Result<Catalog, String> + Send + Sync>;
+        let (path, decode): (ApiPath, Decode) = if honoured {
+            let decode = move |r: &Response| api::decode_catalog(r, &prefix);
+            (api::catalog_path(&own), Box::new(decode))
         } else {
             tracing::info!(
                 path = api::UI_SERVICES_PATH,
                 "this Consul ignores filter= on /v1/catalog/services (Consul 1.8 does): watching the service summary, which names each service's kind, so sidecar proxies, gateways and the ingress service itself still stay out"
             );
             let path = ApiPath::fixed(api::UI_SERVICES_PATH, api::UI_SERVICES_PATH);
-            let decode = memoized(move |r: &Response| api::decode_ui_services(r, &prefix, &own));
-            watch_loop(
-                connection,
-                ACTIVITY,
-                path,
-                move |r, _| decode(r),
-                tx,
-                changed,
-            )
-            .await;
-        }
+            let decode = move |r: &Response| api::decode_ui_services(r, &prefix, &own);
+            (path, Box::new(decode))
+        };
+        let decode = memoized(decode);
+        watch_loop(
+            connection,
+            ACTIVITY,
+            path,
+            move |r, _| decode(r),
+            tx,
+            changed,
+        )
+        .await;
     });
     (rx, task)
 }
