@@ -9,6 +9,8 @@
 //! callgrind_annotate /tmp/cg.out | head -40
 //! ```
 //!
+//! `--intentions` runs the daemon with `SETINTENTIONS=true`.
+//!
 //! The simulator is loaded as the benchmark loads it (`examples/bench.rs`, same mix).
 //! Once the daemon has converged and settled, the profiler's counters are zeroed
 //! (`callgrind_control -z`, when the command is valgrind's callgrind), then `--changes`
@@ -35,6 +37,9 @@ struct Args {
     services: usize,
     changes: usize,
     settle: Duration,
+    /// SETINTENTIONS=true: first convergence also creates each exposed service's
+    /// service-intentions.
+    intentions: bool,
     command: Vec<String>,
 }
 
@@ -43,6 +48,7 @@ fn parse_args() -> Result<Args, String> {
         services: 10_000,
         changes: 10,
         settle: Duration::from_millis(3000),
+        intentions: false,
         command: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
@@ -56,6 +62,7 @@ fn parse_args() -> Result<Args, String> {
             "--services" => args.services = number("--services")?.max(10) as usize,
             "--changes" => args.changes = number("--changes")?.max(1) as usize,
             "--settle-ms" => args.settle = Duration::from_millis(number("--settle-ms")?),
+            "--intentions" => args.intentions = true,
             "--" => {
                 args.command = it.by_ref().collect();
                 break;
@@ -114,6 +121,7 @@ fn run() -> Result<(), String> {
         .env("CONSULHTTPURL", sim.url())
         .env("HEALTHPORT", "0")
         .env("RUST_LOG", "info")
+        .env("SETINTENTIONS", args.intentions.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()
@@ -121,8 +129,15 @@ fn run() -> Result<(), String> {
     let pid = child.id().to_string();
     let result = (|| {
         let started = Instant::now();
+        // The gateway's entry and the registration, and with intentions one entry per
+        // exposed service.
+        let first = 2 + if args.intentions {
+            workload.tagged.len() as u64
+        } else {
+            0
+        };
         wait_for("first convergence", Duration::from_secs(900), || {
-            sim.state_changing_writes() >= base + 2
+            sim.state_changing_writes() >= base + first
         })?;
         eprintln!("profile: converged after {:?}", started.elapsed());
         std::thread::sleep(args.settle);

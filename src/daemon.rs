@@ -31,7 +31,7 @@ use crate::consul::api;
 use crate::consul::client::{Client, Connection, ConsulError};
 use crate::health::{self, HealthState};
 use crate::metrics::Metrics;
-use crate::model::{Catalog, Entries, Kind, Protocols};
+use crate::model::{Catalog, Entries, IntentionsView, Kind, Protocols};
 use crate::plan::{self, PlanSettings, Snapshot};
 use crate::reconcile::diff::{self, Observed, Op, Stamping};
 use crate::reconcile::inputs::Inputs;
@@ -206,10 +206,12 @@ async fn dry_run(config: &Config, client: &Client) -> u8 {
     if let Some(entry) = &entry {
         entries.insert(key.clone(), entry);
     }
+    let intentions = IntentionsView::default();
     let snapshot = Snapshot {
         catalog: &catalog,
         protocols: &protocols,
         entries: &entries,
+        intentions: &intentions,
     };
     let desired = plan::plan(&snapshot, &settings);
     let output = json!({
@@ -227,6 +229,7 @@ async fn dry_run(config: &Config, client: &Client) -> u8 {
     });
     let observed = Observed {
         entries: &entries,
+        intentions: &intentions,
         registered: None,
         gateway: &settings.gateway_name,
     };

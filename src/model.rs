@@ -206,6 +206,169 @@ pub fn managed_by_us(body: &Body) -> bool {
         == Some(MANAGED_BY)
 }
 
+/// The Description that marks the daemon's source in a `service-intentions` entry
+/// (sources carry no Meta).
+pub const SOURCE_DESCRIPTION: &str = "managed by ingress-service-monitor";
+
+/// What the daemon keeps of one `service-intentions` entry: what decides its plan, and
+/// nothing more. The entry itself is the operator's (their sources and permissions,
+/// fields of newer Consul versions): it is read whole just before the daemon changes
+/// it, and never held. At thousands of exposed services this is a few dozen bytes an
+/// entry where the decoded entry costs a kilobyte and a half.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Intentions {
+    /// None: known from our own write, not echoed by the watch yet.
+    pub modify_index: Option<u64>,
+    /// Its Meta says this daemon created it.
+    pub managed_by_us: bool,
+    /// The catalog index a daemon planned its last write from (see [`stamp`]).
+    pub stamp: Option<u64>,
+    /// The (first) source for the gateway itself.
+    pub gateway: GatewaySource,
+    /// Sources that are ours (one, unless someone copied it).
+    pub ours: usize,
+    /// Sources that are not ours.
+    pub others: usize,
+}
+
+/// What the source for the gateway in a `service-intentions` entry is to the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatewaySource {
+    /// There is none.
+    Absent,
+    /// Ours, a plain allow as the daemon writes it.
+    Ours,
+    /// Ours by its Description, but edited into a deny or given Permissions.
+    OursEdited,
+    /// Someone else's plain allow: it does the job.
+    TheirAllow,
+    /// Someone else's deny: never overridden.
+    TheirDeny,
+    /// Someone else's allow with Permissions: never overridden.
+    TheirPermissions,
+}
+
+/// `service-intentions` entries by destination service, as their watch publishes them.
+pub type IntentionsList = BTreeMap<String, Intentions>;
+
+/// What the daemon knows of `service-intentions` entries newer than their watch (its own
+/// writes, fresh reads; None: deleted), by destination service.
+pub type IntentionsNewer = BTreeMap<String, Option<Intentions>>;
+
+/// Intentions as Consul holds them: the watch's list, overridden where the daemon knows
+/// newer. Borrowed as it is: planning every change must not copy thousands of entries.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IntentionsView<'a> {
+    watched: Option<&'a IntentionsList>,
+    newer: Option<&'a IntentionsNewer>,
+}
+
+impl<'a> IntentionsView<'a> {
+    /// The watch's list as it is.
+    pub fn of(watched: &'a IntentionsList) -> IntentionsView<'a> {
+        IntentionsView {
+            watched: Some(watched),
+            newer: None,
+        }
+    }
+
+    /// The watch's list (None: not read), overridden by `newer`.
+    pub fn with_newer(
+        watched: Option<&'a IntentionsList>,
+        newer: &'a IntentionsNewer,
+    ) -> IntentionsView<'a> {
+        IntentionsView {
+            watched,
+            newer: Some(newer),
+        }
+    }
+
+    /// The entry of `service` (None: it does not exist).
+    pub fn get(&self, service: &str) -> Option<&'a Intentions> {
+        match self.newer.and_then(|newer| newer.get(service)) {
+            Some(known) => known.as_ref(),
+            None => self.watched?.get(service),
+        }
+    }
+
+    /// Every service with an entry, once each.
+    pub fn services(&self) -> impl Iterator<Item = &'a str> + 'a {
+        let newer = self.newer;
+        let watched = self
+            .watched
+            .into_iter()
+            .flatten()
+            .map(|(service, _)| service)
+            .filter(move |service| !newer.is_some_and(|newer| newer.contains_key(*service)));
+        let known = newer
+            .into_iter()
+            .flatten()
+            .filter(|(_, known)| known.is_some())
+            .map(|(service, _)| service);
+        watched.chain(known).map(String::as_str)
+    }
+}
+
+/// A source for the gateway itself (not one of another peer or sameness group, which
+/// name other services).
+pub fn for_gateway(source: &Value, gateway: &str) -> bool {
+    let text = |key: &str| source.get(key).and_then(Value::as_str).unwrap_or("");
+    text("Name") == gateway && text("Peer").is_empty() && text("SamenessGroup").is_empty()
+}
+
+/// The source the daemon wrote for the gateway (recognised by its Description).
+pub fn is_our_source(source: &Value, gateway: &str) -> bool {
+    for_gateway(source, gateway)
+        && source.get("Description").and_then(Value::as_str) == Some(SOURCE_DESCRIPTION)
+}
+
+/// The sources of a `service-intentions` entry (none when they are not a list).
+pub fn sources(entry: &Body) -> &[Value] {
+    match entry.get("Sources") {
+        Some(Value::Array(sources)) => sources,
+        _ => &[],
+    }
+}
+
+impl Intentions {
+    /// What decides the plan of `entry`, for the gateway named `gateway`.
+    pub fn of(entry: &Body, gateway: &str) -> Intentions {
+        let sources = sources(entry);
+        let ours = sources
+            .iter()
+            .filter(|source| is_our_source(source, gateway))
+            .count();
+        let gateway_source = match sources.iter().find(|s| for_gateway(s, gateway)) {
+            None => GatewaySource::Absent,
+            Some(source) => {
+                let allow = source
+                    .get("Action")
+                    .and_then(Value::as_str)
+                    .is_some_and(|action| action.eq_ignore_ascii_case("allow"));
+                let permissions = source
+                    .get("Permissions")
+                    .and_then(Value::as_array)
+                    .is_some_and(|p| !p.is_empty());
+                match (is_our_source(source, gateway), allow && !permissions) {
+                    (true, true) => GatewaySource::Ours,
+                    (true, false) => GatewaySource::OursEdited,
+                    (false, true) => GatewaySource::TheirAllow,
+                    (false, false) if permissions => GatewaySource::TheirPermissions,
+                    (false, false) => GatewaySource::TheirDeny,
+                }
+            }
+        };
+        Intentions {
+            modify_index: modify_index(entry),
+            managed_by_us: managed_by_us(entry),
+            stamp: stamp(entry),
+            gateway: gateway_source,
+            ours,
+            others: sources.len() - ours,
+        }
+    }
+}
+
 /// An object with room for exactly `pairs`. A JSON object does not say its size up
 /// front, so a map filled while parsing (or by `json!`) keeps the slack of its last
 /// growth; the entries Consul sends are thousands of two- and three-key objects.

@@ -86,6 +86,42 @@ fn our_source_joins_a_foreign_entry_and_leaves_it_again_alone() {
 }
 
 #[test]
+fn a_source_added_between_our_read_and_our_write_is_kept() {
+    let sim = sim_http();
+    let billing = json!({"Name": "billing", "Action": "deny"});
+    let reports = json!({"Name": "reports", "Action": "allow"});
+    sim.put_config(
+        json!({"Kind": "service-intentions", "Name": "shop", "Sources": [billing]}),
+        None,
+    )
+    .expect("foreign intentions accepted");
+    // Someone adds a source just before the daemon's write lands: the write, made on the
+    // entry as read, must miss its CAS, and the daemon read the entry again.
+    sim.race_next_config_write(json!({"Kind": "service-intentions", "Name": "shop",
+        "Sources": [billing, reports]}))
+        .expect("race accepted");
+    sim.add_service(service("shop", &[&shop()]));
+    let daemon = Daemon::start(&env(&sim, "ingress"));
+    wait_until(EVENTUALLY, "our source added", || {
+        sources(&sim, "shop").iter().any(ours)
+    });
+    let (_, metrics) = http_get(daemon.health_port(), "/metrics");
+    assert!(
+        metrics.contains("ism_writes_total{kind=\"intentions\",result=\"cas_conflict\"} 1"),
+        "the write on the entry as first read missed: {metrics}"
+    );
+    let names: Vec<Value> = sources(&sim, "shop")
+        .iter()
+        .map(|s| s["Name"].clone())
+        .collect();
+    assert_eq!(
+        names,
+        ["billing", "reports", "edge"],
+        "theirs kept, ours added"
+    );
+}
+
+#[test]
 fn a_foreign_deny_for_the_gateway_is_never_overridden() {
     let sim = sim_http();
     sim.put_config(
@@ -142,12 +178,16 @@ fn when_ours_was_the_last_source_the_entry_goes_only_if_it_is_ours() {
 fn idle_and_several_instances_write_nothing_more() {
     let sim = sim_http();
     sim.add_service(service("shop", &[&shop()]));
-    let _daemons: Vec<Daemon> = ["a1", "a2", "a3"]
+    let daemons: Vec<Daemon> = ["a1", "a2", "a3"]
         .iter()
         .map(|alloc| Daemon::start(&with(env(&sim, "api"), &[("NOMAD_ALLOC_ID", alloc)])))
         .collect();
     wait_until(EVENTUALLY, "created", || {
         sources(&sim, "shop").iter().any(ours)
+    });
+    // Every instance has made its first pass (registered itself) before idle is judged.
+    wait_until(EVENTUALLY, "every instance synced", || {
+        daemons.iter().all(|daemon| daemon.health().0 == 200)
     });
     wait_until(EVENTUALLY, "status settled", || {
         sim.gateway_controller_idle()

@@ -26,7 +26,9 @@ use std::time::{Duration, Instant};
 
 use consul_sim::{Sim, SimOptions};
 use ingress_service_monitor::config::{from_env, Config};
-use ingress_service_monitor::model::{Body, Catalog, Entries, EntryKey, Kind, Protocols};
+use ingress_service_monitor::model::{
+    Body, Catalog, Entries, EntryKey, IntentionsView, Kind, Protocols,
+};
 use ingress_service_monitor::plan::{self, Desired, PlanSettings, Snapshot};
 use ingress_service_monitor::reconcile::diff::{diff, Diff, Observed, Op, Stamping};
 use proptest::prelude::*;
@@ -220,6 +222,7 @@ fn plan_for(case: &Case, current: Option<&Map<String, Value>>, config: &Config) 
         catalog: &case.catalog,
         protocols: &case.protocols,
         entries: &entries,
+        intentions: &IntentionsView::default(),
     };
     let desired = plan::plan(&snapshot, &settings);
     let entry = desired.entry(&key).map(|e| Value::Object(e.body.clone()));
@@ -229,6 +232,7 @@ fn plan_for(case: &Case, current: Option<&Map<String, Value>>, config: &Config) 
         .collect();
     let observed = Observed {
         entries: &entries,
+        intentions: &IntentionsView::default(),
         registered: None,
         gateway: &settings.gateway_name,
     };
@@ -638,10 +642,12 @@ fn plan_api(case: &ApiCase, held: &[(EntryKey, Body)], config: &Config) -> (Desi
         catalog: &case.catalog,
         protocols: &case.protocols,
         entries: &entries,
+        intentions: &IntentionsView::default(),
     };
     let desired = plan::plan(&snapshot, &settings);
     let observed = Observed {
         entries: &entries,
+        intentions: &IntentionsView::default(),
         registered: None,
         gateway: &settings.gateway_name,
     };
@@ -703,6 +709,9 @@ fn apply(sim: &Sim, diff: &Diff) -> Result<(), TestCaseError> {
             }
             Op::Refresh { key } => {
                 prop_assert!(false, "refresh of {} with every ModifyIndex known", key);
+            }
+            Op::Intentions { key, .. } => {
+                prop_assert!(false, "{} planned without SETINTENTIONS", key);
             }
             Op::Register(_) => {}
         }
@@ -969,6 +978,7 @@ proptest! {
                 catalog: &case.catalog,
                 protocols: &case.protocols,
                 entries: &entries,
+                intentions: &IntentionsView::default(),
             };
             let remembered = plan::plan_with(&snapshot, &settings, &mut memo);
             let from_nothing = plan::plan(&snapshot, &settings);

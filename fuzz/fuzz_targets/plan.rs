@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use ingress_service_monitor::config::{from_env, Config};
 use ingress_service_monitor::consul::wire;
-use ingress_service_monitor::model::{Entries, Protocols};
+use ingress_service_monitor::model::{Entries, IntentionsView, Protocols};
 use ingress_service_monitor::plan::{self, PlanSettings, Snapshot};
 use ingress_service_monitor::reconcile::diff::{diff, Observed, Stamping};
 use libfuzzer_sys::fuzz_target;
@@ -43,15 +43,18 @@ fuzz_target!(|data: &[u8]| {
     if let Some(entry) = &entry {
         entries.insert(settings.gateway_key(), entry);
     }
+    let intentions = IntentionsView::default();
     let snapshot = Snapshot {
         catalog: &catalog,
         protocols: &protocols,
         entries: &entries,
+        intentions: &intentions,
     };
     let first = plan::plan(&snapshot, &settings);
     assert_eq!(first, plan::plan(&snapshot, &settings), "planning twice differs");
     let observed = Observed {
         entries: &entries,
+        intentions: &intentions,
         registered: None,
         gateway: &settings.gateway_name,
     };

@@ -15,7 +15,8 @@ use crate::consul::client::{
 };
 use crate::consul::wire;
 use crate::model::{
-    modify_index, Body, Catalog, EntryKey, EntryList, Kind, Registration, GATEWAY_META,
+    modify_index, Body, Catalog, EntryKey, EntryList, Intentions, IntentionsList, Kind,
+    Registration, GATEWAY_META,
 };
 
 // Each path names the template it is counted under in `ism_consul_requests_total`.
@@ -192,12 +193,18 @@ pub fn decode_routes(
     })
 }
 
-/// `GET /v1/config/service-intentions` -> every entry, by destination name.
-pub fn decode_intentions(
-    response: &Response,
-    previous: Option<&EntryList>,
-) -> Result<EntryList, String> {
-    decode_list(response, previous, &mut |_| true)
+/// `GET /v1/config/service-intentions` -> what decides the plan of every entry, by
+/// destination name (see [`Intentions`]: the entries themselves are not kept).
+pub fn decode_intentions(response: &Response, gateway: &str) -> Result<IntentionsList, String> {
+    let decoded = wire::decode_entry_list(expect_200(response)?, &mut |entry| {
+        let name = entry.get("Name")?.as_str()?.to_owned();
+        Some((name, Intentions::of(&entry, gateway)))
+    })
+    .map_err(|e| e.to_string())?;
+    // Built again in one go: a map filled one insert at a time in key order leaves its
+    // nodes about half full, one built from a sorted list fills them (a third less to
+    // hold, for thousands of entries that stay until the next answer).
+    Ok(decoded.into_iter().collect())
 }
 
 /// A list of config entries -> those `wanted` keeps, by name, each [`compact`]ed. An
@@ -561,7 +568,7 @@ pub async fn deregister(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Kind;
+    use crate::model::{GatewaySource, Kind};
     use serde_json::json;
 
     #[test]
@@ -712,47 +719,90 @@ mod tests {
         }
     }
 
-    fn intention(name: &str, create: u64, modify: u64, source: &str) -> String {
+    fn route(name: &str, create: u64, modify: u64, service: &str) -> String {
         format!(
-            r#"{{"Kind":"service-intentions","Name":"{name}","Sources":[{{"Name":"{source}","Action":"allow","Precedence":9}}],"CreateIndex":{create},"ModifyIndex":{modify}}}"#
+            r#"{{"Kind":"http-route","Name":"edge-{name}","Rules":[{{"Services":[{{"Name":"{service}"}}]}}],"CreateIndex":{create},"ModifyIndex":{modify}}}"#
         )
     }
 
     #[test]
     fn list_entries_whose_indexes_did_not_move_are_shared_with_the_previous_answer() {
+        let decode = |body: String, previous| decode_routes(&answer(body), "edge", previous);
         let first = format!(
             "[{},{},{}]",
-            intention("a", 5, 5, "edge"),
-            intention("b", 6, 6, "edge"),
-            intention("c", 7, 7, "edge")
+            route("a", 5, 5, "web"),
+            route("b", 6, 6, "web"),
+            route("c", 7, 7, "web")
         );
-        let first = decode_intentions(&answer(first), None).expect("decodes");
+        let first = decode(first, None).expect("decodes");
         // b was written (ModifyIndex moved); c was deleted and created again (same
         // ModifyIndex as before by chance, another CreateIndex); a did not change.
         let second = format!(
             "[{},{},{}]",
-            intention("a", 5, 5, "edge"),
-            intention("b", 6, 9, "other"),
-            intention("c", 8, 7, "other")
+            route("a", 5, 5, "web"),
+            route("b", 6, 9, "api"),
+            route("c", 8, 7, "api")
         );
-        let second = decode_intentions(&answer(second), Some(&first)).expect("decodes");
-        assert!(Arc::ptr_eq(&first["a"], &second["a"]), "unchanged: shared");
-        for name in ["b", "c"] {
+        let second = decode(second, Some(&first)).expect("decodes");
+        assert!(
+            Arc::ptr_eq(&first["edge-a"], &second["edge-a"]),
+            "unchanged: shared"
+        );
+        for name in ["edge-b", "edge-c"] {
             assert!(
                 !Arc::ptr_eq(&first[name], &second[name]),
                 "{name}: decoded again"
             );
             assert_eq!(
-                second[name]["Sources"][0]["Name"],
-                Value::from("other"),
+                second[name]["Rules"][0]["Services"][0]["Name"],
+                Value::from("api"),
                 "{name}: the new content"
             );
         }
         // Without a previous list, or with the entry gone from it, everything is decoded.
-        let again = decode_intentions(&answer(format!("[{}]", intention("a", 5, 5, "edge"))), None)
-            .expect("decodes");
-        assert!(!Arc::ptr_eq(&first["a"], &again["a"]));
-        assert_eq!(first["a"], again["a"]);
+        let again = decode(format!("[{}]", route("a", 5, 5, "web")), None).expect("decodes");
+        assert!(!Arc::ptr_eq(&first["edge-a"], &again["edge-a"]));
+        assert_eq!(first["edge-a"], again["edge-a"]);
+    }
+
+    #[test]
+    fn of_intentions_only_what_decides_the_plan_is_kept() {
+        let body = r#"[
+            {"Kind":"service-intentions","Name":"web","Sources":[
+                {"Name":"api","Action":"deny","Precedence":9,"Type":"consul"},
+                {"Name":"edge","Action":"allow","Description":"managed by ingress-service-monitor","Precedence":9,"Type":"consul"}],
+             "Meta":{"managed-by":"ingress-service-monitor","ingress-service-monitor-catalog-index":"12"},
+             "CreateIndex":5,"ModifyIndex":8},
+            {"Kind":"service-intentions","Name":"db","Sources":[
+                {"Name":"edge","Action":"deny"},{"Name":"edge","Peer":"dc2","Action":"allow"}],
+             "CreateIndex":6,"ModifyIndex":6}]"#;
+        let list = decode_intentions(&answer(body.to_owned()), "edge").expect("decodes");
+        let want = IntentionsList::from([
+            (
+                "web".to_owned(),
+                Intentions {
+                    modify_index: Some(8),
+                    managed_by_us: true,
+                    stamp: Some(12),
+                    gateway: GatewaySource::Ours,
+                    ours: 1,
+                    others: 1,
+                },
+            ),
+            (
+                "db".to_owned(),
+                Intentions {
+                    modify_index: Some(6),
+                    managed_by_us: false,
+                    stamp: None,
+                    gateway: GatewaySource::TheirDeny,
+                    ours: 0,
+                    others: 2,
+                },
+            ),
+        ]);
+        assert_eq!(list, want);
+        assert!(decode_intentions(&answer("{".into()), "edge").is_err());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use crate::config::{from_env, Config};
 use crate::model::{
-    Catalog, Entries, EntryKey, Kind, Protocols, Warning, GATEWAY_META, MANAGED_BY,
+    Catalog, Entries, EntryKey, IntentionsView, Kind, Protocols, Warning, GATEWAY_META, MANAGED_BY,
 };
 use crate::plan::{plan, Desired, PlanSettings, Snapshot};
 
@@ -69,6 +69,7 @@ fn run(
             catalog,
             protocols,
             entries: &entries,
+            intentions: &IntentionsView::default(),
         },
         &settings,
     )

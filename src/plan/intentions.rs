@@ -5,92 +5,132 @@
 //! ingress-service-monitor"}` (sources carry no Meta; the Description marks it).
 //! - Absent entry: created (`cas=0`) with our source and our Meta.
 //! - Existing entry without a source for the gateway: our source is added, everything
-//!   else kept as it was (the entry is copied as Consul returned it, so its own fields,
-//!   `Precedence` and `Type` included, never cause a write).
+//!   else kept as it was.
 //! - A source for the gateway that is not ours: a plain `allow` already does the job and
 //!   is left alone; a `deny`, or an `allow` with `Permissions`, is never overridden: a
 //!   warning names the service.
 //! - A service no longer exposed loses our source only. When ours was the last one (an
 //!   entry without sources is invalid), the entry is deleted if its Meta is ours, and
 //!   otherwise left as it is with a warning.
+//!
+//! The plan is made from what the daemon keeps of each entry ([`Intentions`]) and says
+//! what to change; a change to an existing entry is made on the entry as Consul holds
+//! it, read just before the write ([`amend`]), so every other source, permission and
+//! field is written back as it was.
 
 use std::collections::BTreeSet;
 
 use serde_json::{json, Value};
 
-use super::{DesiredEntry, PlanSettings, Warnings};
-use crate::model::{managed_by_us, Body, Entries, EntryKey, Kind, MANAGED_BY};
+use super::{PlanSettings, Warnings};
+use crate::model::{
+    is_our_source, sources, Body, GatewaySource, Intentions, IntentionsView, Kind,
+    CONSUL_OWNED_KEYS, MANAGED_BY, SOURCE_DESCRIPTION,
+};
 
-/// The Description that marks our source.
-pub const SOURCE_DESCRIPTION: &str = "managed by ingress-service-monitor";
+/// What one service's `service-intentions` entry needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Absent: created (`cas=0`) with our source and our Meta.
+    Create,
+    /// No source for the gateway: ours added.
+    Add,
+    /// Ours, edited into something else: put back.
+    Restore,
+    /// Not exposed any more: ours removed, the others kept.
+    Remove,
+    /// Not exposed any more, ours the last source, the entry ours: deleted.
+    Delete,
+}
 
-/// What the intentions of one plan come to.
-#[derive(Debug, Default)]
-pub struct IntentionsPlan {
-    pub entries: Vec<DesiredEntry>,
-    /// Entries of ours left without a source: deleted.
-    pub deletes: Vec<EntryKey>,
+/// One change, by destination service. Sorted by service in a plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntentionsChange {
+    pub service: String,
+    pub change: Change,
+}
+
+/// What an entry needs, or what stands in the way.
+enum Decision {
+    Change(Change),
+    Nothing,
+    /// A warning naming the service: (exposed, what is wrong).
+    Blocked(&'static str),
+}
+
+fn decide(exposed: bool, current: Option<&Intentions>) -> Decision {
+    let Some(current) = current else {
+        return match exposed {
+            true => Decision::Change(Change::Create),
+            false => Decision::Nothing,
+        };
+    };
+    if exposed {
+        return match current.gateway {
+            GatewaySource::Absent => Decision::Change(Change::Add),
+            GatewaySource::OursEdited => Decision::Change(Change::Restore),
+            GatewaySource::Ours | GatewaySource::TheirAllow => Decision::Nothing,
+            GatewaySource::TheirDeny => Decision::Blocked("a deny"),
+            GatewaySource::TheirPermissions => Decision::Blocked("an allow with Permissions"),
+        };
+    }
+    match (current.ours, current.others, current.managed_by_us) {
+        (0, _, _) => Decision::Nothing,
+        (_, 1.., _) => Decision::Change(Change::Remove),
+        (_, 0, true) => Decision::Change(Change::Delete),
+        (_, 0, false) => Decision::Blocked("the last source"),
+    }
 }
 
 pub fn plan(
     settings: &PlanSettings,
     exposed: &BTreeSet<String>,
-    entries: &Entries<'_>,
+    view: &IntentionsView<'_>,
     warnings: &mut Warnings<'_>,
-) -> IntentionsPlan {
-    let mut out = IntentionsPlan::default();
+) -> Vec<IntentionsChange> {
     let gateway = settings.gateway_name.as_str();
-    for service in exposed {
-        let key = EntryKey::new(Kind::ServiceIntentions, service.as_str());
-        match entries.get(&key).copied() {
-            None => out
-                .entries
-                .push(DesiredEntry::new(key, created(service, gateway))),
-            Some(current) => {
-                if let Some(body) = with_our_source(service, gateway, current, warnings) {
-                    out.entries.push(DesiredEntry::new(key, body));
-                }
-            }
-        }
-    }
-    for (key, current) in entries {
-        if key.kind != Kind::ServiceIntentions || exposed.contains(&key.name) {
-            continue;
-        }
-        if !sources(current).iter().any(|s| is_ours(s, gateway)) {
-            continue;
-        }
-        let mut body = (*current).clone();
-        let kept: Vec<Value> = sources(current)
-            .into_iter()
-            .filter(|s| !is_ours(s, gateway))
-            .cloned()
-            .collect();
-        if !kept.is_empty() {
-            body.insert("Sources".into(), Value::Array(kept));
-            out.entries.push(DesiredEntry::new(key.clone(), body));
-        } else if managed_by_us(current) {
-            out.deletes.push(key.clone());
-        } else {
-            warnings.add(
-                &key.name,
+    let mut changes = Vec::new();
+    let exposed_now = exposed.iter().map(|service| (service.as_str(), true));
+    let no_longer = view
+        .services()
+        .filter(|service| !exposed.contains(*service))
+        .map(|service| (service, false));
+    for (service, exposed) in exposed_now.chain(no_longer) {
+        match decide(exposed, view.get(service)) {
+            Decision::Change(change) => changes.push(IntentionsChange {
+                service: service.to_owned(),
+                change,
+            }),
+            Decision::Nothing => {}
+            Decision::Blocked(what) if exposed => warnings.add(
+                service,
+                None,
+                format!(
+                    "its service-intentions hold {what} for gateway {gateway:?} that this \
+                     daemon did not write; never overridden, so the gateway may not reach it"
+                ),
+            ),
+            Decision::Blocked(_) => warnings.add(
+                service,
                 None,
                 format!(
                     "no longer exposed, but the source for gateway {gateway:?} is the only one \
                      in its service-intentions, which this daemon did not create: left as it \
                      is (delete the entry or the source by hand)"
                 ),
-            );
+            ),
         }
     }
-    out
+    changes.sort_by(|a, b| a.service.cmp(&b.service));
+    changes
 }
 
 fn our_source(gateway: &str) -> Value {
     json!({"Name": gateway, "Action": "allow", "Description": SOURCE_DESCRIPTION})
 }
 
-fn created(service: &str, gateway: &str) -> Body {
+/// The entry [`Change::Create`] writes.
+pub fn created(service: &str, gateway: &str) -> Body {
     match json!({
         "Kind": Kind::ServiceIntentions.as_str(),
         "Name": service,
@@ -102,80 +142,44 @@ fn created(service: &str, gateway: &str) -> Body {
     }
 }
 
-fn sources(body: &Body) -> Vec<&Value> {
-    match body.get("Sources") {
-        Some(Value::Array(sources)) => sources.iter().collect(),
-        _ => Vec::new(),
+/// The entry `current` (as Consul holds it now) with `change` made, without what Consul
+/// writes itself; None when `current` does not need that change any more (someone wrote
+/// it meanwhile: plan again from it).
+pub fn amend(current: &Body, change: Change, gateway: &str) -> Option<Body> {
+    let exposed = matches!(change, Change::Add | Change::Restore);
+    match decide(exposed, Some(&Intentions::of(current, gateway))) {
+        Decision::Change(now) if now == change => {}
+        _ => return None,
     }
-}
-
-/// A source for the gateway itself (not one of another peer, partition or sameness
-/// group, which name other services).
-fn for_gateway(source: &Value, gateway: &str) -> bool {
-    let text = |key: &str| source.get(key).and_then(Value::as_str).unwrap_or("");
-    text("Name") == gateway && text("Peer").is_empty() && text("SamenessGroup").is_empty()
-}
-
-fn is_ours(source: &Value, gateway: &str) -> bool {
-    for_gateway(source, gateway)
-        && source.get("Description").and_then(Value::as_str) == Some(SOURCE_DESCRIPTION)
-}
-
-/// The entry with our source in place, or None when it needs nothing from us.
-fn with_our_source(
-    service: &str,
-    gateway: &str,
-    current: &Body,
-    warnings: &mut Warnings<'_>,
-) -> Option<Body> {
-    let existing = sources(current);
-    let Some(source) = existing.iter().find(|s| for_gateway(s, gateway)) else {
-        let mut body = current.clone();
-        let mut all: Vec<Value> = existing.into_iter().cloned().collect();
-        all.push(our_source(gateway));
-        body.insert("Sources".into(), Value::Array(all));
-        return Some(body);
-    };
-    let action = source.get("Action").and_then(Value::as_str).unwrap_or("");
-    let permissions = source
-        .get("Permissions")
-        .is_some_and(|p| p.as_array().is_some_and(|p| !p.is_empty()));
-    let ours = is_ours(source, gateway);
-    if action.eq_ignore_ascii_case("allow") && !permissions {
-        return None;
-    }
-    if ours {
-        // Ours, but edited into something else: put it back.
-        let mut body = current.clone();
-        let fixed: Vec<Value> = existing
-            .into_iter()
-            .map(|s| match is_ours(s, gateway) {
+    let existing = sources(current).iter();
+    let sources: Vec<Value> = match change {
+        Change::Add => existing.cloned().chain([our_source(gateway)]).collect(),
+        Change::Restore => existing
+            .map(|s| match is_our_source(s, gateway) {
                 true => our_source(gateway),
                 false => s.clone(),
             })
-            .collect();
-        body.insert("Sources".into(), Value::Array(fixed));
-        return Some(body);
-    }
-    let what = match permissions {
-        true => "an allow with Permissions",
-        false => "a deny",
+            .collect(),
+        Change::Remove => existing
+            .filter(|s| !is_our_source(s, gateway))
+            .cloned()
+            .collect(),
+        Change::Create | Change::Delete => return None,
     };
-    warnings.add(
-        service,
-        None,
-        format!(
-            "its service-intentions hold {what} for gateway {gateway:?} that this daemon did \
-             not write; never overridden, so the gateway may not reach it"
-        ),
-    );
-    None
+    let mut body: Body = current
+        .iter()
+        .filter(|(key, _)| !CONSUL_OWNED_KEYS.contains(&key.as_str()))
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect();
+    body.insert("Sources".into(), Value::Array(sources));
+    Some(body)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::from_env;
+    use crate::model::IntentionsList;
     use std::collections::HashMap;
 
     fn settings() -> PlanSettings {
@@ -241,6 +245,18 @@ mod tests {
                 Some(json!({"Sources": [ours()], "ModifyIndex": 3})),
                 true,
                 None,
+                false,
+                0,
+            ),
+            (
+                "ours, edited into a deny: put back, the others kept",
+                Some(json!({"Sources": [
+                    {"Name": "edge", "Action": "deny", "Description": SOURCE_DESCRIPTION},
+                    {"Name": "api", "Action": "allow"}], "ModifyIndex": 3})),
+                true,
+                Some(json!([
+                    {"Name": "edge", "Action": "allow", "Description": SOURCE_DESCRIPTION},
+                    {"Name": "api", "Action": "allow"}])),
                 false,
                 0,
             ),
@@ -321,17 +337,83 @@ mod tests {
         ];
         let settings = settings();
         for (name, current, exposed, want_sources, want_delete, want_warnings) in cases {
-            let key = EntryKey::new(Kind::ServiceIntentions, "web");
             let current = current.map(body);
-            let entries: Entries<'_> = current.iter().map(|b| (key.clone(), b)).collect();
+            let list: IntentionsList = current
+                .iter()
+                .map(|b| ("web".to_owned(), Intentions::of(b, "edge")))
+                .collect();
+            let view = IntentionsView::of(&list);
             let exposed: BTreeSet<String> =
                 exposed.then(|| "web".to_string()).into_iter().collect();
             let mut warnings = Warnings::new("gw-");
-            let planned = plan(&settings, &exposed, &entries, &mut warnings);
-            let sources = planned.entries.first().map(|e| e.body["Sources"].clone());
+            let planned = plan(&settings, &exposed, &view, &mut warnings);
+            assert!(planned.iter().all(|c| c.service == "web"), "{name}");
+            let change = planned.first().map(|c| c.change);
+            let written = match (change, &current) {
+                (Some(Change::Create), _) => Some(created("web", "edge")),
+                (Some(Change::Delete) | None, _) => None,
+                (Some(change), Some(current)) => {
+                    let amended = amend(current, change, "edge");
+                    assert!(amended.is_some(), "{name}: {change:?} applies to the entry");
+                    amended
+                }
+                (Some(change), None) => panic!("{name}: {change:?} of an absent entry"),
+            };
+            let sources = written.as_ref().map(|e| e["Sources"].clone());
             assert_eq!(sources, want_sources, "{name}");
-            assert_eq!(planned.deletes == [key.clone()], want_delete, "{name}");
+            assert_eq!(change == Some(Change::Delete), want_delete, "{name}");
             assert_eq!(warnings.into_sorted().len(), want_warnings, "{name}");
+            if let Some(written) = &written {
+                for key in CONSUL_OWNED_KEYS {
+                    assert!(!written.contains_key(key), "{name}: {key} not written");
+                }
+            }
         }
+    }
+
+    #[test]
+    fn an_amendment_someone_else_made_first_is_not_made_again() {
+        let entry = |sources: Value| body(json!({"Sources": sources, "ModifyIndex": 4}));
+        let cases = [
+            ("ours added meanwhile", entry(json!([ours()])), Change::Add),
+            (
+                "a deny for the gateway added meanwhile",
+                entry(json!([{"Name": "edge", "Action": "deny"}])),
+                Change::Add,
+            ),
+            (
+                "ours put back meanwhile",
+                entry(json!([ours()])),
+                Change::Restore,
+            ),
+            (
+                "ours now the last source",
+                entry(json!([ours()])),
+                Change::Remove,
+            ),
+        ];
+        for (name, current, change) in cases {
+            assert_eq!(amend(&current, change, "edge"), None, "{name}");
+        }
+    }
+
+    #[test]
+    fn other_fields_and_sources_are_written_back_as_they_were() {
+        let current = body(json!({
+            "Kind": "service-intentions", "Name": "web",
+            "Sources": [{"Name": "api", "Action": "deny", "Precedence": 9}],
+            "Meta": {"team": "shop"}, "JWT": {"Providers": [{"Name": "okta"}]},
+            "CreateIndex": 3, "ModifyIndex": 4, "Hash": 77,
+        }));
+        let amended = amend(&current, Change::Add, "edge").expect("needs our source");
+        assert_eq!(
+            Value::Object(amended),
+            json!({
+                "Kind": "service-intentions", "Name": "web",
+                "Sources": [{"Name": "api", "Action": "deny", "Precedence": 9},
+                            {"Name": "edge", "Action": "allow", "Description": SOURCE_DESCRIPTION}],
+                "Meta": {"team": "shop"}, "JWT": {"Providers": [{"Name": "okta"}]},
+            })
+        );
     }
 }

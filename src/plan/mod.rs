@@ -33,8 +33,8 @@ pub use memo::Memo;
 
 use crate::config::{host_for_url, Config, GatewayKind, GatewayType};
 use crate::model::{
-    Body, Catalog, Entries, EntryKey, Kind, Ownership, Protocols, Registration, Warning,
-    CONSUL_OWNED_KEYS, MANAGED_BY, MAX_META,
+    Body, Catalog, Entries, EntryKey, IntentionsView, Kind, Ownership, Protocols, Registration,
+    Warning, CONSUL_OWNED_KEYS, MANAGED_BY, MAX_META,
 };
 
 /// What the planner needs to know of the configuration, and nothing more.
@@ -98,6 +98,8 @@ pub struct Snapshot<'a> {
     pub protocols: &'a Protocols,
     /// The entries Consul holds (absent: it does not exist).
     pub entries: &'a Entries<'a>,
+    /// What decides each service's intentions (SETINTENTIONS), by destination service.
+    pub intentions: &'a IntentionsView<'a>,
 }
 
 /// One entry as it should be. Its body never contains what Consul writes itself
@@ -128,8 +130,8 @@ pub struct Desired {
     /// Sorted by key. An entry that exists and is not listed is left alone, unless it is
     /// one we own as a whole (then it is deleted).
     pub entries: Vec<DesiredEntry>,
-    /// Entries the planner wants gone (ours, left empty): deleted with CAS.
-    pub deletes: Vec<EntryKey>,
+    /// SETINTENTIONS: what each service's `service-intentions` needs, by service.
+    pub intentions: Vec<intentions::IntentionsChange>,
     /// Number of services the gateway's config routes to.
     pub exposed_services: usize,
     /// Sorted.
@@ -206,17 +208,15 @@ fn plan_inner(snapshot: &Snapshot<'_>, settings: &PlanSettings, memo: &mut Memo)
         }
     };
     entries.extend(create.iter().map(|name| service_defaults(name)));
-    let mut deletes = Vec::new();
-    if settings.set_intentions {
-        let planned = intentions::plan(settings, &exposed, snapshot.entries, &mut warnings);
-        entries.extend(planned.entries);
-        deletes = planned.deletes;
-    }
+    let intentions = match settings.set_intentions {
+        true => intentions::plan(settings, &exposed, snapshot.intentions, &mut warnings),
+        false => Vec::new(),
+    };
     entries.sort_by(|a, b| a.key.cmp(&b.key));
     Desired {
         registration,
         entries,
-        deletes,
+        intentions,
         exposed_services: exposed.len(),
         warnings: warnings.into_sorted(),
     }

@@ -6,7 +6,7 @@ use super::compare::{entries_equal as bodies_equal, values_equal as entries_equa
 use super::*;
 use crate::config::{from_env, Config};
 use crate::consul::api::{matches_agent, registration_json};
-use crate::model::Entries;
+use crate::model::{Entries, IntentionsView};
 use crate::tags;
 
 fn config(extra: &[(&str, &str)]) -> Config {
@@ -72,6 +72,7 @@ fn run(catalog: &Catalog, protocols: &Protocols, current: Option<&Value>, config
             catalog,
             protocols,
             entries: &entries,
+            intentions: &IntentionsView::default(),
         },
         &settings,
     );

@@ -23,10 +23,11 @@
 use serde_json::Value;
 
 use crate::model::{
-    managed_by_us, modify_index, stamp, Body, Entries, EntryKey, Kind, Ownership, Registration,
-    Warning, CATALOG_INDEX_META, GATEWAY_META, MAX_META,
+    managed_by_us, modify_index, stamp, Body, Entries, EntryKey, IntentionsView, Kind, Ownership,
+    Registration, Warning, CATALOG_INDEX_META, GATEWAY_META, MAX_META,
 };
 use crate::plan::compare;
+use crate::plan::intentions::{Change, IntentionsChange};
 use crate::plan::{Desired, DesiredEntry};
 
 /// One operation on Consul.
@@ -38,6 +39,14 @@ pub enum Op {
     Delete { key: EntryKey, cas: u64 },
     /// Read the entry again before deciding: what we hold of it has no `ModifyIndex`.
     Refresh { key: EntryKey },
+    /// Make `change` to a service's `service-intentions`: written with `cas=0` when
+    /// created, otherwise on the entry read just before (see `plan::intentions::amend`),
+    /// with its `ModifyIndex`. `stamp`: the catalog index to record.
+    Intentions {
+        key: EntryKey,
+        change: Change,
+        stamp: Option<u64>,
+    },
     /// Register the ingress service.
     Register(Registration),
 }
@@ -45,7 +54,10 @@ pub enum Op {
 impl Op {
     pub fn key(&self) -> Option<&EntryKey> {
         match self {
-            Op::Put { key, .. } | Op::Delete { key, .. } | Op::Refresh { key } => Some(key),
+            Op::Put { key, .. }
+            | Op::Delete { key, .. }
+            | Op::Refresh { key }
+            | Op::Intentions { key, .. } => Some(key),
             Op::Register(_) => None,
         }
     }
@@ -55,6 +67,7 @@ impl Op {
             (Op::Put { .. } | Op::Refresh { .. }, Ownership::CreateOnly) => 1,
             (Op::Put { .. } | Op::Refresh { .. }, Ownership::Part) => 2,
             (Op::Put { .. } | Op::Refresh { .. }, Ownership::Whole) => 3,
+            (Op::Intentions { .. }, _) => 2,
             (Op::Delete { .. }, _) => 4,
             (Op::Register(_), _) => 5,
         }
@@ -66,6 +79,8 @@ impl Op {
 pub struct Observed<'a> {
     /// Every entry of the kinds we watch (absent: it does not exist).
     pub entries: &'a Entries<'a>,
+    /// What we keep of every `service-intentions` entry (SETINTENTIONS).
+    pub intentions: &'a IntentionsView<'a>,
     /// The registration the agent holds (None: register).
     pub registered: Option<&'a Registration>,
     /// Our gateway's name, the owner of whole-owned entries.
@@ -131,15 +146,8 @@ pub fn diff(desired: Desired, observed: &Observed<'_>, stamping: Stamping) -> Di
             membership.push(op, &membership_newer, stamping, &mut out, &mut phased);
         }
     }
-    for key in &desired.deletes {
-        if let Some(body) = observed.entries.get(key) {
-            let op = match modify_index(body) {
-                Some(cas) => Op::Delete {
-                    key: key.clone(),
-                    cas,
-                },
-                None => Op::Refresh { key: key.clone() },
-            };
+    for change in desired.intentions {
+        if let Some(op) = intentions_op(change, observed, stamping, &mut out) {
             phased.push((op.phase(Ownership::Part), op));
         }
     }
@@ -228,9 +236,44 @@ fn restamp(entry: DesiredEntry, observed: &Observed<'_>, stamping: Stamping) -> 
     })
 }
 
+/// The operation one change to a service's intentions needs, if any (a deferred one
+/// needs none yet).
+fn intentions_op(
+    planned: IntentionsChange,
+    observed: &Observed<'_>,
+    stamping: Stamping,
+    out: &mut Diff,
+) -> Option<Op> {
+    let key = EntryKey::new(Kind::ServiceIntentions, planned.service);
+    let current = observed.intentions.get(key.name.as_str());
+    if let Some(newer) = current.and_then(|c| newer_stamp(&key, c.stamp, stamping)) {
+        if stamping.defer_to_newer {
+            out.deferred.push(newer);
+            return None;
+        }
+        out.overridden.push(newer);
+    }
+    Some(match planned.change {
+        Change::Delete => match current?.modify_index {
+            Some(cas) => Op::Delete { key, cas },
+            None => Op::Refresh { key },
+        },
+        change => Op::Intentions {
+            key,
+            change,
+            stamp: stamping.catalog_index,
+        },
+    })
+}
+
 /// The entry was planned from a newer catalog than ours.
 fn newer(key: &EntryKey, body: &Body, stamping: Stamping) -> Option<Newer> {
-    let (theirs, ours) = (stamp(body)?, stamping.catalog_index?);
+    newer_stamp(key, stamp(body), stamping)
+}
+
+/// An entry stamped `theirs` was planned from a newer catalog than ours.
+fn newer_stamp(key: &EntryKey, theirs: Option<u64>, stamping: Stamping) -> Option<Newer> {
+    let (theirs, ours) = (theirs?, stamping.catalog_index?);
     (theirs > ours).then(|| Newer {
         key: key.clone(),
         theirs,
@@ -300,7 +343,7 @@ fn entry_op(
 
 /// Records the catalog index in Meta. Consul allows 64 Meta pairs; the stamp never takes
 /// the last place (it is informational, an operator's pair is not).
-fn add_stamp(body: &mut Body, catalog_index: Option<u64>) {
+pub fn add_stamp(body: &mut Body, catalog_index: Option<u64>) {
     let (Some(index), Some(Value::Object(meta))) = (catalog_index, body.get_mut("Meta")) else {
         return;
     };
@@ -316,7 +359,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::model::{Kind, MANAGED_BY};
+    use crate::model::{GatewaySource, Intentions, IntentionsList, Kind, MANAGED_BY};
 
     const GW: &str = "edge";
 
@@ -359,6 +402,17 @@ mod tests {
         entry
     }
 
+    fn known(modify_index: Option<u64>, stamp: Option<u64>) -> Intentions {
+        Intentions {
+            modify_index,
+            managed_by_us: true,
+            stamp,
+            gateway: GatewaySource::Ours,
+            ours: 1,
+            others: 1,
+        }
+    }
+
     fn key(kind: Kind, name: &str) -> EntryKey {
         EntryKey::new(kind, name)
     }
@@ -375,8 +429,9 @@ mod tests {
         ops: Vec<(&'static str, &'static str, u64)>,
         deferred: usize,
         warnings: usize,
-        /// Entries the planner wants gone.
-        deletes: Vec<EntryKey>,
+        /// Changes the planner wants to services' intentions.
+        intentions: Vec<(&'static str, Change)>,
+        observed_intentions: Vec<(&'static str, Intentions)>,
     }
 
     fn case(name: &'static str) -> Case {
@@ -391,7 +446,8 @@ mod tests {
             ops: vec![],
             deferred: 0,
             warnings: 0,
-            deletes: vec![],
+            intentions: vec![],
+            observed_intentions: vec![],
         }
     }
 
@@ -403,13 +459,27 @@ mod tests {
                 .iter()
                 .map(|(k, b)| DesiredEntry::new(k.clone(), b.clone()))
                 .collect(),
-            deletes: case.deletes.clone(),
+            intentions: case
+                .intentions
+                .iter()
+                .map(|(service, change)| IntentionsChange {
+                    service: service.to_string(),
+                    change: *change,
+                })
+                .collect(),
             exposed_services: 0,
             warnings: vec![],
         };
         let entries: Entries<'_> = case.observed.iter().map(|(k, b)| (k.clone(), b)).collect();
+        let intentions: IntentionsList = case
+            .observed_intentions
+            .iter()
+            .map(|(service, known)| (service.to_string(), known.clone()))
+            .collect();
+        let intentions = IntentionsView::of(&intentions);
         let observed = Observed {
             entries: &entries,
+            intentions: &intentions,
             registered: case.registered.as_ref(),
             gateway: GW,
         };
@@ -427,6 +497,7 @@ mod tests {
                 Op::Put { key, cas, .. } => ("put", key.name.clone(), *cas),
                 Op::Delete { key, cas } => ("delete", key.name.clone(), *cas),
                 Op::Refresh { key } => ("refresh", key.name.clone(), 0),
+                Op::Intentions { key, .. } => ("amend", key.name.clone(), 0),
                 Op::Register(_) => ("register", "register".into(), 0),
             })
             .collect()
@@ -584,16 +655,40 @@ mod tests {
                 ..case("a shared entry not desired is never deleted")
             },
             Case {
-                observed: vec![(
-                    key(Kind::ServiceIntentions, "web"),
-                    body(json!({"Kind": "service-intentions", "ModifyIndex": 8})),
-                )],
-                deletes: vec![
-                    key(Kind::ServiceIntentions, "web"),
-                    key(Kind::ServiceIntentions, "gone"),
+                observed_intentions: vec![
+                    ("web", known(Some(8), None)),
+                    ("new", known(None, None)),
                 ],
-                ops: vec![("delete", "web", 8)],
-                ..case("a planned delete of a shared entry: only when it exists")
+                intentions: vec![
+                    ("web", Change::Delete),
+                    ("gone", Change::Delete),
+                    ("new", Change::Delete),
+                ],
+                ops: vec![("refresh", "new", 0), ("delete", "web", 8)],
+                ..case("intentions deleted only when they exist, with their index (else re-read)")
+            },
+            Case {
+                observed_intentions: vec![("web", known(Some(8), None))],
+                intentions: vec![("web", Change::Add), ("api", Change::Create)],
+                ops: vec![("amend", "api", 0), ("amend", "web", 0)],
+                ..case("intentions created or amended, among the shared entries")
+            },
+            Case {
+                observed_intentions: vec![
+                    ("web", known(Some(8), Some(11))),
+                    ("api", known(Some(9), Some(10))),
+                ],
+                intentions: vec![("web", Change::Remove), ("api", Change::Remove)],
+                ops: vec![("amend", "api", 0)],
+                deferred: 1,
+                ..case("intentions planned from a newer catalog: deferred")
+            },
+            Case {
+                observed_intentions: vec![("web", known(Some(8), Some(11)))],
+                intentions: vec![("web", Change::Remove)],
+                defer_to_newer: false,
+                ops: vec![("amend", "web", 0)],
+                ..case("intentions planned from a newer catalog, deferred too long: amended")
             },
             Case {
                 desired: vec![

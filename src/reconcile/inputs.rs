@@ -15,7 +15,10 @@ use crate::consul::retry::{Backoff, ProblemLog};
 use crate::consul::watch::{run as watch_loop, spawn, spawn_incremental, Observed};
 use crate::consul::Client;
 use crate::consul::Response;
-use crate::model::{modify_index, Body, Catalog, Entries, EntryKey, EntryList, Kind, Protocols};
+use crate::model::{
+    modify_index, Body, Catalog, Entries, EntryKey, EntryList, Intentions, IntentionsList,
+    IntentionsNewer, IntentionsView, Kind, Protocols,
+};
 use crate::plan::compare;
 use crate::plan::PlanSettings;
 
@@ -31,8 +34,9 @@ pub struct Inputs {
     pub gateway_key: EntryKey,
     /// API gateway only: the http-routes that concern our gateway, by name.
     pub routes: Option<watch::Receiver<Observed<EntryList>>>,
-    /// SETINTENTIONS only: every service-intentions entry, by destination.
-    pub intentions: Option<watch::Receiver<Observed<EntryList>>>,
+    /// SETINTENTIONS only: what decides the plan of every service-intentions entry, by
+    /// destination.
+    pub intentions: Option<watch::Receiver<Observed<IntentionsList>>>,
 }
 
 impl Inputs {
@@ -46,13 +50,14 @@ impl Inputs {
         let prefix = settings.prefix.clone();
         let gateway_key = settings.gateway_key();
         let intentions = settings.set_intentions.then(|| {
+            let gateway = settings.gateway_name.clone();
             keep(
                 tasks,
-                spawn_incremental(
+                spawn(
                     client,
                     "watch service-intentions",
                     api::list_path(Kind::ServiceIntentions),
-                    api::decode_intentions,
+                    move |r| api::decode_intentions(r, &gateway),
                     changed.clone(),
                 ),
             )
@@ -113,10 +118,14 @@ impl Inputs {
             && self.service_defaults.borrow().value.is_some()
             && self.proxy_default.borrow().value.is_some()
             && self.gateway.borrow().value.is_some()
-            && [&self.routes, &self.intentions]
-                .into_iter()
-                .flatten()
-                .all(|list| list.borrow().value.is_some())
+            && self
+                .routes
+                .as_ref()
+                .map_or(true, |list| list.borrow().value.is_some())
+            && self
+                .intentions
+                .as_ref()
+                .map_or(true, |list| list.borrow().value.is_some())
     }
 
     /// The first problem any watch currently has.
@@ -148,16 +157,20 @@ impl Inputs {
                 .and_then(Option::as_ref)
                 .and_then(modify_index);
         }
-        let list = match key.kind {
-            Kind::HttpRoute => self.routes.as_ref()?,
-            Kind::ServiceIntentions => self.intentions.as_ref()?,
-            _ => return None,
-        };
-        let list = list.borrow();
-        list.value
-            .as_ref()?
-            .get(&key.name)
-            .and_then(|body| modify_index(body))
+        match key.kind {
+            Kind::HttpRoute => {
+                let list = self.routes.as_ref()?.borrow();
+                list.value
+                    .as_ref()?
+                    .get(&key.name)
+                    .and_then(|b| modify_index(b))
+            }
+            Kind::ServiceIntentions => {
+                let list = self.intentions.as_ref()?.borrow();
+                list.value.as_ref()?.get(&key.name)?.modify_index
+            }
+            _ => None,
+        }
     }
 
     pub fn catalog_failing(&self) -> bool {
@@ -171,10 +184,10 @@ impl Inputs {
         self.service_defaults.mark_unchanged();
         self.proxy_default.mark_unchanged();
         self.gateway.mark_unchanged();
-        for list in [&mut self.routes, &mut self.intentions]
-            .into_iter()
-            .flatten()
-        {
+        if let Some(list) = &mut self.routes {
+            list.mark_unchanged();
+        }
+        if let Some(list) = &mut self.intentions {
             list.mark_unchanged();
         }
     }
@@ -197,10 +210,11 @@ impl Inputs {
         }
         // The lists (routes, intentions) carry what Consul's controller writes (Status)
         // and others' entries: any news there is planned from.
-        if [&self.routes, &self.intentions]
-            .into_iter()
-            .flatten()
-            .any(|list| moved(list.has_changed()))
+        if self.routes.as_ref().is_some_and(|l| moved(l.has_changed()))
+            || self
+                .intentions
+                .as_ref()
+                .is_some_and(|l| moved(l.has_changed()))
         {
             return false;
         }
@@ -343,6 +357,10 @@ struct Known {
 #[derive(Debug, Default)]
 pub struct Overlay {
     entries: BTreeMap<EntryKey, Known>,
+    /// What we know of service-intentions entries, by destination service, and the
+    /// watch's `ModifyIndex` of each when we learnt it (as [`Known`]).
+    intentions: IntentionsNewer,
+    intentions_watched: BTreeMap<String, Option<u64>>,
     /// service-defaults we created, until the service-defaults watch shows them.
     created_defaults: BTreeMap<String, String>,
     /// service-defaults whose creation was refused or failed: not retried until the
@@ -356,6 +374,17 @@ impl Overlay {
     /// fresh read; `None` after a delete), given the watch's current view of it.
     pub fn learn(&mut self, key: EntryKey, watched: Option<u64>, body: Option<Body>) {
         self.entries.insert(key, Known { watched, body });
+    }
+
+    /// [`Overlay::learn`] for what decides the plan of a service's intentions.
+    pub fn learn_intentions(
+        &mut self,
+        service: String,
+        watched: Option<u64>,
+        intentions: Option<Intentions>,
+    ) {
+        self.intentions_watched.insert(service.clone(), watched);
+        self.intentions.insert(service, intentions);
     }
 
     /// Drops what the watch has caught up with (its `ModifyIndex` moved).
@@ -373,6 +402,15 @@ impl Overlay {
     /// The entries view: the watches', overridden where we know newer (including entries
     /// we created that no watch shows yet).
     pub fn view<'a>(&'a mut self, watched: &[(EntryKey, Option<&'a Body>)]) -> Entries<'a> {
+        self.views(watched, None).0
+    }
+
+    /// [`Overlay::view`], and the same for intentions from their watch's list.
+    pub fn views<'a>(
+        &'a mut self,
+        watched: &[(EntryKey, Option<&'a Body>)],
+        intentions: Option<&'a IntentionsList>,
+    ) -> (Entries<'a>, IntentionsView<'a>) {
         for (key, body) in watched {
             self.prune(key, *body);
         }
@@ -386,9 +424,21 @@ impl Overlay {
         for key in &unseen {
             self.prune(key, None);
         }
+        let shown_index = |service: &str| intentions?.get(service)?.modify_index;
+        let caught_up: Vec<String> = self
+            .intentions_watched
+            .iter()
+            .filter(|(service, watched)| **watched != shown_index(service))
+            .map(|(service, _)| service.clone())
+            .collect();
+        for service in &caught_up {
+            self.intentions_watched.remove(service);
+            self.intentions.remove(service);
+        }
+        let this: &'a Overlay = self;
         let mut view = Entries::new();
         for (key, body) in watched {
-            let body = match self.entries.get(key) {
+            let body = match this.entries.get(key) {
                 Some(known) => known.body.as_ref(),
                 None => *body,
             };
@@ -396,14 +446,17 @@ impl Overlay {
                 view.insert(key.clone(), body);
             }
         }
-        for (key, known) in &self.entries {
+        for (key, known) in &this.entries {
             if !shown.contains(key) {
                 if let Some(body) = &known.body {
                     view.insert(key.clone(), body);
                 }
             }
         }
-        view
+        (
+            view,
+            IntentionsView::with_newer(intentions, &this.intentions),
+        )
     }
 
     /// Whether the watched entries show nothing but our own writes: every entry whose
@@ -480,7 +533,7 @@ impl Overlay {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Kind;
+    use crate::model::{GatewaySource, Kind};
     use serde_json::json;
 
     fn body(value: serde_json::Value) -> Body {
@@ -517,6 +570,62 @@ mod tests {
             Some(&old),
             "and the overlay is gone"
         );
+    }
+
+    #[test]
+    fn what_we_know_of_intentions_wins_until_the_watch_moves() {
+        let of = |modify_index, gateway| Intentions {
+            modify_index,
+            managed_by_us: false,
+            stamp: None,
+            gateway,
+            ours: usize::from(gateway == GatewaySource::Ours),
+            others: 1,
+        };
+        let list = |entries: &[(&str, Intentions)]| -> IntentionsList {
+            entries
+                .iter()
+                .map(|(name, known)| (name.to_string(), known.clone()))
+                .collect()
+        };
+        let before = list(&[
+            ("web", of(Some(5), GatewaySource::Absent)),
+            ("api", of(Some(6), GatewaySource::TheirAllow)),
+        ]);
+        let ours = of(None, GatewaySource::Ours);
+        let mut overlay = Overlay::default();
+        overlay.learn_intentions("web".into(), Some(5), Some(ours.clone()));
+        overlay.learn_intentions("new".into(), None, Some(ours.clone()));
+        let shown = |view: IntentionsView<'_>| -> BTreeMap<String, Intentions> {
+            view.services()
+                .map(|service| (service.to_owned(), view.get(service).cloned()))
+                .filter_map(|(service, known)| Some((service, known?)))
+                .collect()
+        };
+        let (_, view) = overlay.views(&[], Some(&before));
+        assert_eq!(
+            shown(view),
+            list(&[
+                ("api", before["api"].clone()),
+                ("new", ours.clone()),
+                ("web", ours.clone())
+            ]),
+            "our writes, not yet echoed, over the watch's"
+        );
+        assert_eq!(view.services().count(), 3, "each once");
+        let echoed = list(&[
+            ("web", of(Some(7), GatewaySource::Ours)),
+            ("api", of(Some(6), GatewaySource::TheirAllow)),
+            ("new", of(Some(8), GatewaySource::Ours)),
+        ]);
+        let (_, view) = overlay.views(&[], Some(&echoed));
+        assert_eq!(shown(view), echoed, "the watch caught up");
+        let (_, view) = overlay.views(&[], Some(&before));
+        assert_eq!(shown(view), before, "and the overlay is gone");
+        overlay.learn_intentions("api".into(), Some(6), None);
+        let (_, view) = overlay.views(&[], Some(&before));
+        assert_eq!(view.get("api"), None, "our delete hides it");
+        assert_eq!(view.services().collect::<Vec<_>>(), ["web"]);
     }
 
     #[test]

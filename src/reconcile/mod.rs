@@ -33,7 +33,10 @@ use crate::consul::client::{Connection, ConsulError};
 use crate::consul::retry::{Backoff, ProblemLog};
 use crate::health::HealthState;
 use crate::metrics::{Metrics, Reaction, WriteKind, WriteResult};
-use crate::model::{Body, Catalog, EntryKey, Kind, Registration, Warning};
+use crate::model::{
+    modify_index, Body, Catalog, EntryKey, Intentions, Kind, Registration, Warning,
+};
+use crate::plan::intentions::{self, Change};
 use crate::plan::{self, PlanSettings, Snapshot};
 use diff::{Diff, Observed, Op, Stamping};
 use inputs::{Inputs, Overlay};
@@ -96,6 +99,16 @@ enum Applied {
     Replan {
         cas_miss: Option<EntryKey>,
     },
+}
+
+/// What a change to a service's intentions came to.
+enum Amended {
+    Written,
+    /// The entry changed between our read and our write: read it again.
+    CasMiss,
+    /// The entry as read no longer needs the change (someone made it, or another one
+    /// meanwhile): plan again from it.
+    Learnt,
 }
 
 /// One log per activity, so each problem is logged once per change of state.
@@ -187,7 +200,8 @@ pub struct Reconciler {
     /// Since when a write has waited for our catalog to catch up with the one an entry
     /// was planned from (see `model::CATALOG_INDEX_META`).
     deferring_since: Option<Instant>,
-    /// When we last wrote each entry: its Status is believed only some time after.
+    /// When we last wrote each entry with a Status (API-gateway kinds): its Status is
+    /// believed only some time after.
     last_written: BTreeMap<EntryKey, Instant>,
     /// The last pass applied its whole plan (nothing deferred, nothing failed).
     settled: bool,
@@ -393,29 +407,26 @@ impl Reconciler {
             self.inputs.gateway_key.clone(),
             gateway.value.as_ref().and_then(Option::as_ref),
         )];
-        for (kind, list) in [
-            (Kind::HttpRoute, &routes),
-            (Kind::ServiceIntentions, &intentions),
-        ] {
-            if let Some(Some(list)) = list.as_ref().map(|l| l.value.as_ref()) {
-                watched.extend(
-                    list.iter()
-                        .map(|(name, body)| (EntryKey::new(kind, name.as_str()), Some(&**body))),
-                );
-            }
+        if let Some(Some(list)) = routes.as_ref().map(|l| l.value.as_ref()) {
+            watched.extend(list.iter().map(|(name, body)| {
+                (EntryKey::new(Kind::HttpRoute, name.as_str()), Some(&**body))
+            }));
         }
-        let entries = self.overlay.view(&watched);
+        let intentions_list = intentions.as_ref().and_then(|l| l.value.as_ref());
+        let (entries, intentions_view) = self.overlay.views(&watched, intentions_list);
         let empty = Catalog::new();
         let snapshot = Snapshot {
             catalog: catalog.value.as_deref().unwrap_or(&empty),
             protocols: &protocols,
             entries: &entries,
+            intentions: &intentions_view,
         };
         let mut desired = plan::plan_with(&snapshot, &self.settings, &mut self.memo);
         self.report.exposed = desired.exposed_services;
         let mut warnings = std::mem::take(&mut desired.warnings);
         let observed = Observed {
             entries: &entries,
+            intentions: &intentions_view,
             registered: self.registered.as_ref(),
             gateway: &self.settings.gateway_name,
         };
@@ -469,6 +480,18 @@ impl Reconciler {
                     .await
                     .map(|done| (!done).then_some(key)),
                 Op::Refresh { key } => Ok(Some(key)),
+                Op::Intentions { key, change, stamp } => {
+                    match self.amend_intentions(&key, change, stamp).await {
+                        Ok(Amended::Written) => Ok(None),
+                        Ok(Amended::CasMiss) => Ok(Some(key)),
+                        Ok(Amended::Learnt) => {
+                            return Ok(Applied::Replan {
+                                cas_miss: Some(key),
+                            })
+                        }
+                        Err(err) => Err(err),
+                    }
+                }
                 Op::Register(registration) => self.register(registration).await.map(|()| None),
             };
             match outcome {
@@ -500,8 +523,11 @@ impl Reconciler {
             Ok(true) => {
                 self.logs.write(key.kind).ok();
                 tracing::info!(gateway = %self.settings.gateway_name, entry = %key.name, services = self.report.exposed, "wrote {} config entry", key.kind);
-                self.overlay.learn(key.clone(), watched, Some(body));
-                self.last_written.insert(key.clone(), Instant::now());
+                self.learn(key, watched, Some(body));
+                if matches!(key.kind, Kind::ApiGateway | Kind::HttpRoute) {
+                    // Only these carry a Status (thousands of intentions would not).
+                    self.last_written.insert(key.clone(), Instant::now());
+                }
                 Ok(true)
             }
             Ok(false) => {
@@ -525,7 +551,7 @@ impl Reconciler {
             Ok(true) => {
                 self.logs.write(key.kind).ok();
                 tracing::info!(%key, "deleted config entry");
-                self.overlay.learn(key.clone(), watched, None);
+                self.learn(key, watched, None);
                 self.last_written.remove(key);
                 Ok(true)
             }
@@ -543,9 +569,59 @@ impl Reconciler {
         let fresh = api::read_entry(&mut self.connection, &key)
             .await
             .inspect_err(|err| self.logs.write(key.kind).failed(err))?;
-        self.overlay.learn(key.clone(), watched, fresh);
+        self.learn(&key, watched, fresh);
         Ok(Applied::Replan {
             cas_miss: Some(key),
+        })
+    }
+
+    /// Records what we now know of `key` in the overlay (of intentions, only what decides
+    /// their plan).
+    fn learn(&mut self, key: &EntryKey, watched: Option<u64>, body: Option<Body>) {
+        if key.kind == Kind::ServiceIntentions {
+            let gateway = self.settings.gateway_name.as_str();
+            let known = body.map(|body| Intentions::of(&body, gateway));
+            self.overlay
+                .learn_intentions(key.name.clone(), watched, known);
+        } else {
+            self.overlay.learn(key.clone(), watched, body);
+        }
+    }
+
+    /// Makes `change` to a service's intentions: a created entry is written as it is, an
+    /// existing one is read first and written back with only our source changed, with
+    /// CAS on what was read.
+    async fn amend_intentions(
+        &mut self,
+        key: &EntryKey,
+        change: Change,
+        stamp: Option<u64>,
+    ) -> Result<Amended, ReconcileError> {
+        let gateway = self.settings.gateway_name.as_str();
+        let (mut body, cas) = match change {
+            Change::Create => (intentions::created(&key.name, gateway), 0),
+            _ => {
+                let watched = self.inputs.watched_index(key);
+                let current = api::read_entry(&mut self.connection, key)
+                    .await
+                    .inspect_err(|err| self.logs.write(key.kind).failed(err))?;
+                let amended = current.as_ref().and_then(|current| {
+                    let cas = modify_index(current)?;
+                    Some((intentions::amend(current, change, gateway)?, cas))
+                });
+                match amended {
+                    Some(amended) => amended,
+                    None => {
+                        self.learn(key, watched, current);
+                        return Ok(Amended::Learnt);
+                    }
+                }
+            }
+        };
+        diff::add_stamp(&mut body, stamp);
+        Ok(match self.put(key, body, cas).await? {
+            true => Amended::Written,
+            false => Amended::CasMiss,
         })
     }
 
