@@ -251,9 +251,17 @@ pub enum GatewaySource {
 /// `service-intentions` entries by destination service, as their watch publishes them.
 pub type IntentionsList = BTreeMap<String, Intentions>;
 
-/// What the daemon knows of `service-intentions` entries newer than their watch (its own
-/// writes, fresh reads; None: deleted), by destination service.
-pub type IntentionsNewer = BTreeMap<String, Option<Intentions>>;
+/// What the daemon knows of one `service-intentions` entry newer than its watch (its own
+/// write, a fresh read; None: deleted): valid while the watch still shows the
+/// `ModifyIndex` it showed when the daemon learnt it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewerIntentions {
+    pub watched: Option<u64>,
+    pub intentions: Option<Intentions>,
+}
+
+/// [`NewerIntentions`] by destination service.
+pub type IntentionsNewer = BTreeMap<String, NewerIntentions>;
 
 /// Intentions as Consul holds them: the watch's list, overridden where the daemon knows
 /// newer. Borrowed as it is: planning every change must not copy thousands of entries.
@@ -286,7 +294,7 @@ impl<'a> IntentionsView<'a> {
     /// The entry of `service` (None: it does not exist).
     pub fn get(&self, service: &str) -> Option<&'a Intentions> {
         match self.newer.and_then(|newer| newer.get(service)) {
-            Some(known) => known.as_ref(),
+            Some(known) => known.intentions.as_ref(),
             None => self.watched?.get(service),
         }
     }
@@ -303,7 +311,7 @@ impl<'a> IntentionsView<'a> {
         let known = newer
             .into_iter()
             .flatten()
-            .filter(|(_, known)| known.is_some())
+            .filter(|(_, known)| known.intentions.is_some())
             .map(|(service, _)| service);
         watched.chain(known).map(String::as_str)
     }

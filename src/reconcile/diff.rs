@@ -136,13 +136,7 @@ pub fn diff(desired: Desired, observed: &Observed<'_>, stamping: Stamping) -> Di
     for (key, body) in observed.entries {
         let wanted = desired.entries.iter().any(|entry| entry.key == *key);
         if !wanted && key.kind.ownership() == Ownership::Whole && owned(body, observed.gateway) {
-            let op = match modify_index(body) {
-                Some(cas) => Op::Delete {
-                    key: key.clone(),
-                    cas,
-                },
-                None => Op::Refresh { key: key.clone() },
-            };
+            let op = delete_or_refresh(key.clone(), modify_index(body));
             membership.push(op, &membership_newer, stamping, &mut out, &mut phased);
         }
     }
@@ -246,24 +240,41 @@ fn intentions_op(
 ) -> Option<Op> {
     let key = EntryKey::new(Kind::ServiceIntentions, planned.service);
     let current = observed.intentions.get(key.name.as_str());
-    if let Some(newer) = current.and_then(|c| newer_stamp(&key, c.stamp, stamping)) {
-        if stamping.defer_to_newer {
-            out.deferred.push(newer);
-            return None;
-        }
-        out.overridden.push(newer);
+    let newer = current.and_then(|c| newer_stamp(&key, c.stamp, stamping));
+    if waits_for_newer(newer, stamping, out) {
+        return None;
     }
     Some(match planned.change {
-        Change::Delete => match current?.modify_index {
-            Some(cas) => Op::Delete { key, cas },
-            None => Op::Refresh { key },
-        },
+        Change::Delete => delete_or_refresh(key, current?.modify_index),
         change => Op::Intentions {
             key,
             change,
             stamp: stamping.catalog_index,
         },
     })
+}
+
+/// Whether an operation on an entry planned from a newer catalog (`newer`) waits for our
+/// watch, recorded as deferred; or goes ahead because the deferral went on too long,
+/// recorded as overridden.
+fn waits_for_newer(newer: Option<Newer>, stamping: Stamping, out: &mut Diff) -> bool {
+    let Some(newer) = newer else {
+        return false;
+    };
+    if stamping.defer_to_newer {
+        out.deferred.push(newer);
+        return true;
+    }
+    out.overridden.push(newer);
+    false
+}
+
+/// A delete with CAS on `index`, or a re-read when we do not know it (our own write).
+fn delete_or_refresh(key: EntryKey, index: Option<u64>) -> Op {
+    match index {
+        Some(cas) => Op::Delete { key, cas },
+        None => Op::Refresh { key },
+    }
 }
 
 /// The entry was planned from a newer catalog than ours.
@@ -330,12 +341,8 @@ fn entry_op(
     let Some(cas) = modify_index(current) else {
         return Some(Op::Refresh { key });
     };
-    if let Some(newer) = newer(&key, current, stamping) {
-        if stamping.defer_to_newer {
-            out.deferred.push(newer);
-            return None;
-        }
-        out.overridden.push(newer);
+    if waits_for_newer(newer(&key, current, stamping), stamping, out) {
+        return None;
     }
     add_stamp(&mut body, stamping.catalog_index);
     Some(Op::Put { key, body, cas })

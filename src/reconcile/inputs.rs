@@ -17,7 +17,7 @@ use crate::consul::Client;
 use crate::consul::Response;
 use crate::model::{
     modify_index, Body, Catalog, Entries, EntryKey, EntryList, Intentions, IntentionsList,
-    IntentionsNewer, IntentionsView, Kind, Protocols,
+    IntentionsNewer, IntentionsView, Kind, NewerIntentions, Protocols,
 };
 use crate::plan::compare;
 use crate::plan::PlanSettings;
@@ -357,10 +357,8 @@ struct Known {
 #[derive(Debug, Default)]
 pub struct Overlay {
     entries: BTreeMap<EntryKey, Known>,
-    /// What we know of service-intentions entries, by destination service, and the
-    /// watch's `ModifyIndex` of each when we learnt it (as [`Known`]).
+    /// What we know of service-intentions entries, by destination service.
     intentions: IntentionsNewer,
-    intentions_watched: BTreeMap<String, Option<u64>>,
     /// service-defaults we created, until the service-defaults watch shows them.
     created_defaults: BTreeMap<String, String>,
     /// service-defaults whose creation was refused or failed: not retried until the
@@ -383,8 +381,11 @@ impl Overlay {
         watched: Option<u64>,
         intentions: Option<Intentions>,
     ) {
-        self.intentions_watched.insert(service.clone(), watched);
-        self.intentions.insert(service, intentions);
+        let known = NewerIntentions {
+            watched,
+            intentions,
+        };
+        self.intentions.insert(service, known);
     }
 
     /// Drops what the watch has caught up with (its `ModifyIndex` moved).
@@ -425,16 +426,8 @@ impl Overlay {
             self.prune(key, None);
         }
         let shown_index = |service: &str| intentions?.get(service)?.modify_index;
-        let caught_up: Vec<String> = self
-            .intentions_watched
-            .iter()
-            .filter(|(service, watched)| **watched != shown_index(service))
-            .map(|(service, _)| service.clone())
-            .collect();
-        for service in &caught_up {
-            self.intentions_watched.remove(service);
-            self.intentions.remove(service);
-        }
+        self.intentions
+            .retain(|service, known| known.watched == shown_index(service));
         let this: &'a Overlay = self;
         let mut view = Entries::new();
         for (key, body) in watched {
