@@ -204,7 +204,10 @@ fn a_foreign_route_and_a_foreign_listener_are_left_alone() {
         &[&rule("shop", "Host(`shop.example.com`)")],
     ));
     let daemon = Daemon::start(&api_env(&sim));
-    daemon.wait_output(EVENTUALLY, "was not written by this daemon");
+    daemon.wait_output(
+        EVENTUALLY,
+        "was not written by this daemon for gateway \"edge\"; left alone",
+    );
     wait_until(EVENTUALLY, "our listener added beside theirs", || {
         gateway_listeners(&sim).len() == 2
     });

@@ -327,7 +327,7 @@ fn entry_op(
                 service: key.name.clone(),
                 tag: None,
                 message: format!(
-                    "a {} named {:?} exists and was not written by this daemon for gateway                      {:?}; left alone",
+                    "a {} named {:?} exists and was not written by this daemon for gateway {:?}; left alone",
                     key.kind, key.name, observed.gateway
                 ),
             });
